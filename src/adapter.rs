@@ -1,0 +1,302 @@
+//! The only module that talks to the proxy: maps proxy-wasm callbacks to [`Exchange`] events
+//! and carries out the commands it returns. No routing or looper decision lives here.
+//!
+//! Host calls go through `proxy_wasm::hostcalls` and are used only in the phases where the
+//! host accepts them; header values are read as bytes because the SDK's string accessors
+//! panic on non-UTF-8 values, and a panic would kill the VM for every later request.
+
+use crate::config::Config;
+use crate::exchange::{Command, Exchange, Flow, RequestHead, TRACE_HEADER};
+use crate::gateway::Gateway;
+use crate::looper::{CallId, CallResult};
+use crate::metrics::MetricKind;
+use crate::time::Millis;
+use log::{error, info, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use std::cell::Cell;
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+/// Host time in milliseconds, never going backwards within a VM.
+#[derive(Default)]
+struct Clock {
+    last: Cell<u64>,
+}
+
+impl Clock {
+    fn now(&self) -> Millis {
+        let host = hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now = host.max(self.last.get());
+        self.last.set(now);
+        Millis(now)
+    }
+}
+
+/// Host ids of the catalogue's metrics, by catalogue index.
+type MetricIds = Rc<Vec<Option<u32>>>;
+
+#[derive(Default)]
+struct Root {
+    gateway: Option<Rc<Gateway>>,
+    metric_ids: MetricIds,
+    clock: Rc<Clock>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let config = match Config::from_json(&bytes, &|name| std::env::var(name).ok()) {
+            Ok(config) => config,
+            Err(err) => {
+                error!("looper: refusing configuration: {err}");
+                return false;
+            }
+        };
+        let seed = RandomState::new().hash_one(self.clock.now().0);
+        let gateway = Gateway::new(config, seed);
+        let ids = gateway
+            .metrics()
+            .defs()
+            .iter()
+            .map(|def| {
+                let kind = match def.kind {
+                    MetricKind::Counter => MetricType::Counter,
+                    MetricKind::Histogram => MetricType::Histogram,
+                };
+                hostcalls::define_metric(kind, &def.name).ok()
+            })
+            .collect();
+        self.metric_ids = Rc::new(ids);
+        let config = gateway.config();
+        info!(
+            "looper: configured {} virtual models, {} recipes, {} upstream models",
+            config.virtual_models.len(),
+            config.recipes.len(),
+            config.models.len()
+        );
+        self.gateway = Some(gateway);
+        true
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let exchange = self
+            .gateway
+            .as_ref()
+            .map(|gateway| gateway.exchange(self.clock.now()));
+        Some(Box::new(Filter {
+            exchange,
+            calls: HashMap::new(),
+            replied: false,
+            metric_ids: Rc::clone(&self.metric_ids),
+            clock: Rc::clone(&self.clock),
+        }))
+    }
+}
+
+struct Filter {
+    /// `None` only when no configuration was accepted: then every request passes through.
+    exchange: Option<Exchange>,
+    /// Host token → our call id, for calls in flight.
+    calls: HashMap<u32, CallId>,
+    /// A local reply was sent: our own response callbacks now run for it and must not act.
+    replied: bool,
+    metric_ids: MetricIds,
+    clock: Rc<Clock>,
+}
+
+fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(map, name).ok().flatten()
+}
+
+impl Filter {
+    fn flow(flow: Flow) -> Action {
+        match flow {
+            Flow::Continue => Action::Continue,
+            Flow::Pause => Action::Pause,
+        }
+    }
+
+    /// Carries out everything the exchange asked for. A call the host refuses at once is fed
+    /// back as a rejected call, which may queue further commands; the loop drains those too.
+    fn drain(&mut self) {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return;
+        };
+        while let Some(command) = exchange.poll_command() {
+            match command {
+                Command::HttpCall {
+                    call,
+                    cluster,
+                    headers,
+                    body,
+                    timeout_ms,
+                } => {
+                    let headers: Vec<(&str, &str)> = headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    match hostcalls::dispatch_http_call(
+                        &cluster,
+                        headers,
+                        Some(&body),
+                        Vec::new(),
+                        Duration::from_millis(timeout_ms),
+                    ) {
+                        Ok(token) => {
+                            self.calls.insert(token, call);
+                        }
+                        Err(status) => {
+                            warn!("looper: dispatch to cluster `{cluster}` refused: {status:?}");
+                            let now = self.clock.now();
+                            exchange.on_call_result(call, CallResult::Rejected, now);
+                        }
+                    }
+                }
+                Command::Reply {
+                    status,
+                    headers,
+                    body,
+                } => {
+                    if self.replied {
+                        continue;
+                    }
+                    self.replied = true;
+                    let headers: Vec<(&str, &str)> = headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    if let Err(status) =
+                        hostcalls::send_http_response(u32::from(status), headers, Some(&body))
+                    {
+                        error!("looper: local reply refused: {status:?}");
+                    }
+                }
+                Command::Count(id) => {
+                    if let Some(Some(host_id)) = self.metric_ids.get(id.0) {
+                        let _ = hostcalls::increment_metric(*host_id, 1);
+                    }
+                }
+                Command::Record(id, value) => {
+                    if let Some(Some(host_id)) = self.metric_ids.get(id.0) {
+                        let _ = hostcalls::record_metric(*host_id, value);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Context for Filter {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(call) = self.calls.remove(&token_id) else {
+            return;
+        };
+        let Some(exchange) = self.exchange.as_mut() else {
+            return;
+        };
+        let result = if num_headers == 0 {
+            CallResult::Reset
+        } else {
+            let status = header(MapType::HttpCallResponseHeaders, ":status")
+                .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
+                .unwrap_or(0);
+            let cap = exchange.max_upstream_body_bytes();
+            if body_size > cap {
+                CallResult::BodyTooLarge {
+                    status,
+                    size: body_size,
+                }
+            } else {
+                let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                CallResult::Response { status, body }
+            }
+        };
+        let now = self.clock.now();
+        exchange.on_call_result(call, result, now);
+        self.drain();
+    }
+}
+
+impl HttpContext for Filter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return Action::Continue;
+        };
+        let method = header(MapType::HttpRequestHeaders, ":method").unwrap_or_default();
+        let path = header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
+        let trace = header(MapType::HttpRequestHeaders, TRACE_HEADER);
+        let head = RequestHead {
+            method: &method,
+            path: &path,
+            trace: trace.as_deref(),
+        };
+        let now = self.clock.now();
+        let flow = exchange.on_request_headers(head, end_of_stream, now);
+        self.drain();
+        Self::flow(flow)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return Action::Continue;
+        };
+        let new_bytes = match exchange.body_read_range(body_size) {
+            Some((start, len)) if len > 0 => {
+                hostcalls::get_buffer(BufferType::HttpRequestBody, start, len)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+        let now = self.clock.now();
+        let flow = exchange.on_request_body(body_size, &new_bytes, end_of_stream, now);
+        self.drain();
+        Self::flow(flow)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // Our own local reply and pass-through responses both go out untouched.
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if let Some(exchange) = self.exchange.as_mut() {
+            exchange.on_stream_done();
+        }
+        self.drain();
+        // Calls still in flight are cancelled by the host with the stream; forget them.
+        self.calls.clear();
+    }
+}

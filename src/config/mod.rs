@@ -1,0 +1,631 @@
+//! Plugin configuration: parsed once per `on_configure` from JSON, fully validated, immutable.
+//!
+//! Every bound has a documented default and a hard maximum enforced here, so nothing a request
+//! does later can exceed what the operator configured.
+
+mod reader;
+
+pub use reader::ConfigError;
+use reader::{ConfigResult, Node, Object};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::fmt;
+use std::rc::Rc;
+
+/// Hard maxima: a configuration beyond these is refused, whatever the operator asks.
+pub mod bounds {
+    pub const MAX_MODELS: usize = 64;
+    pub const MAX_RECIPES: usize = 64;
+    pub const MAX_VIRTUAL_MODELS: usize = 64;
+    pub const MAX_MODELS_PER_RECIPE: usize = 16;
+    pub const MAX_CALLS: u64 = 32;
+    pub const MAX_TIMEOUT_MS: u64 = 600_000;
+    pub const MAX_DEADLINE_MS: u64 = 3_600_000;
+    pub const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+    pub const MAX_NAME_LEN: usize = 256;
+    pub const MAX_HEADERS_PER_MODEL: usize = 32;
+}
+
+/// Defaults for every optional bound.
+pub mod defaults {
+    pub const CHAT_PATH: &str = "/v1/chat/completions";
+    pub const TIMEOUT_MS: u64 = 60_000;
+    pub const REQUEST_DEADLINE_MS: u64 = 120_000;
+    /// Envoy's own default buffer limit; raising it also needs the route's
+    /// `request_body_buffer_limit`.
+    pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
+    pub const MAX_UPSTREAM_BODY_BYTES: u64 = 8 * 1024 * 1024;
+}
+
+/// Index of an upstream model in [`Config::models`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ModelId(pub usize);
+
+/// Index of a recipe in [`Config::recipes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RecipeId(pub usize);
+
+/// A credential value; never printed, logged or traced.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The header a credential is sent in, e.g. `authorization: Bearer <key>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credential {
+    pub header: String,
+    pub value: Secret,
+}
+
+/// Prices in currency units per million tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Price {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+}
+
+impl Price {
+    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.input_per_million
+            + completion_tokens as f64 * self.output_per_million)
+            / 1_000_000.0
+    }
+}
+
+/// One upstream model alias: where and how to call it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpstreamModel {
+    pub alias: String,
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub upstream_model: String,
+    pub credential: Option<Credential>,
+    pub extra_headers: Vec<(String, String)>,
+    pub price: Price,
+    pub logprobs: bool,
+    pub timeout_ms: u64,
+}
+
+/// What a recipe runs. Only `single` exists so far; the others are reserved names so that a
+/// configuration written for a later version fails with a clear message.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Algorithm {
+    /// One model, with the rest of `models` as an ordered failover list.
+    Single { models: Vec<ModelId> },
+}
+
+impl Algorithm {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Algorithm::Single { .. } => "single",
+        }
+    }
+}
+
+const RESERVED_ALGORITHMS: &[&str] = &["confidence", "ratings", "remom", "fusion", "workflows"];
+
+/// Bounds every looper enforces for one request of this recipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub max_calls: u32,
+    /// Overrides `limits.request_deadline_ms` when set (never beyond the hard maximum).
+    pub deadline_ms: Option<u64>,
+    /// Caps every call's timeout for this recipe (each model's own timeout still applies).
+    pub call_timeout_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recipe {
+    pub name: String,
+    pub algorithm: Algorithm,
+    pub budget: Budget,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VirtualModel {
+    pub name: String,
+    pub recipe: RecipeId,
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub request_deadline_ms: u64,
+    pub max_upstream_body_bytes: usize,
+}
+
+/// Which name the `model` field of a reply shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyModelName {
+    /// The virtual model the client asked for (default).
+    Virtual,
+    /// The alias of the upstream model that produced the final answer.
+    UpstreamAlias,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub models: Vec<UpstreamModel>,
+    pub recipes: Vec<Rc<Recipe>>,
+    pub virtual_models: Vec<VirtualModel>,
+    pub limits: Limits,
+    /// Whether a client may ask for `looper_trace` with `x-looper-trace: 1`.
+    pub trace_allowed: bool,
+    pub reply_model_name: ReplyModelName,
+    /// Models served by the normal Envoy route, listed by `GET /v1/models` next to the
+    /// virtual ones.
+    pub listed_passthrough_models: Vec<String>,
+    virtual_index: HashMap<String, usize>,
+    /// `vllm-sr/` for `vllm-sr/auto`: a request naming an unknown model in one of these
+    /// namespaces gets a 404 instead of being passed through.
+    namespaces: Vec<String>,
+}
+
+impl Config {
+    /// Parses and validates the plugin configuration. `env` resolves credential environment
+    /// variables (the adapter passes the VM's environment; tests pass a map).
+    pub fn from_json(bytes: &[u8], env: &dyn Fn(&str) -> Option<String>) -> ConfigResult<Config> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
+        parse_config(&value, env)
+    }
+
+    pub fn virtual_model(&self, name: &str) -> Option<&VirtualModel> {
+        self.virtual_index
+            .get(name)
+            .and_then(|&i| self.virtual_models.get(i))
+    }
+
+    /// True when `name` is not configured but sits in a virtual namespace (e.g. `vllm-sr/typo`).
+    pub fn is_unknown_virtual(&self, name: &str) -> bool {
+        self.virtual_model(name).is_none() && self.namespaces.iter().any(|ns| name.starts_with(ns))
+    }
+
+    pub fn model(&self, id: ModelId) -> Option<&UpstreamModel> {
+        self.models.get(id.0)
+    }
+
+    pub fn recipe(&self, id: RecipeId) -> Option<&Rc<Recipe>> {
+        self.recipes.get(id.0)
+    }
+}
+
+fn parse_config(value: &Value, env: &dyn Fn(&str) -> Option<String>) -> ConfigResult<Config> {
+    let root = Node::root(value).object()?;
+    root.deny_unknown(&[
+        "models",
+        "recipes",
+        "virtual_models",
+        "limits",
+        "trace",
+        "response",
+        "passthrough_models",
+    ])?;
+
+    let models = parse_models(&root.required("models")?, env)?;
+    let alias_index: HashMap<&str, ModelId> = models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.alias.as_str(), ModelId(i)))
+        .collect();
+    let recipes = parse_recipes(&root.required("recipes")?, &alias_index)?;
+    let recipe_index: HashMap<&str, RecipeId> = recipes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.as_str(), RecipeId(i)))
+        .collect();
+    let virtual_models = parse_virtual_models(&root.required("virtual_models")?, &recipe_index)?;
+    let limits = parse_limits(root.field("limits"))?;
+
+    let mut trace_allowed = false;
+    if let Some(trace) = root.field("trace") {
+        let trace = trace.object()?;
+        trace.deny_unknown(&["allow"])?;
+        trace_allowed = trace.opt_bool("allow")?.unwrap_or(false);
+    }
+
+    let mut reply_model_name = ReplyModelName::Virtual;
+    if let Some(response) = root.field("response") {
+        let response = response.object()?;
+        response.deny_unknown(&["model"])?;
+        if let Some(field) = response.field("model") {
+            reply_model_name = match field.string()? {
+                "virtual" => ReplyModelName::Virtual,
+                "upstream" => ReplyModelName::UpstreamAlias,
+                _ => return Err(field.error("must be \"virtual\" or \"upstream\"")),
+            };
+        }
+    }
+
+    let mut listed_passthrough_models = Vec::new();
+    if let Some(list) = root.field("passthrough_models") {
+        for item in list.elements()? {
+            let name = item.non_empty_string(bounds::MAX_NAME_LEN)?;
+            listed_passthrough_models.push(name.to_string());
+        }
+    }
+
+    let virtual_index = virtual_models
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.name.clone(), i))
+        .collect();
+    let mut namespaces: Vec<String> = virtual_models
+        .iter()
+        .filter_map(|v| v.name.find('/').map(|at| v.name[..=at].to_string()))
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+
+    Ok(Config {
+        models,
+        recipes,
+        virtual_models,
+        limits,
+        trace_allowed,
+        reply_model_name,
+        listed_passthrough_models,
+        virtual_index,
+        namespaces,
+    })
+}
+
+fn is_valid_name(name: &str) -> bool {
+    name.chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/' | '@'))
+}
+
+fn named<'a>(field: &Node<'a>, what: &str) -> ConfigResult<Object<'a>> {
+    let obj = field.object()?;
+    if obj.is_empty() {
+        return Err(obj.error(format!("must name at least one {what}")));
+    }
+    Ok(obj)
+}
+
+fn parse_models(
+    field: &Node<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> ConfigResult<Vec<UpstreamModel>> {
+    let obj = named(field, "model")?;
+    if obj.len() > bounds::MAX_MODELS {
+        return Err(obj.error(format!("at most {} models", bounds::MAX_MODELS)));
+    }
+    let mut models = Vec::with_capacity(obj.len());
+    for (alias, field) in obj.entries() {
+        models.push(parse_model(alias, &field, env)?);
+    }
+    Ok(models)
+}
+
+fn parse_model(
+    alias: &str,
+    field: &Node<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> ConfigResult<UpstreamModel> {
+    let node = field;
+    if alias.is_empty() || alias.len() > bounds::MAX_NAME_LEN || !is_valid_name(alias) {
+        return Err(node.error("model alias must be 1-256 characters of [A-Za-z0-9-_.:/@]"));
+    }
+    let obj = node.object()?;
+    obj.deny_unknown(&[
+        "cluster",
+        "authority",
+        "path",
+        "model",
+        "auth",
+        "headers",
+        "price",
+        "logprobs",
+        "timeout_ms",
+    ])?;
+    let cluster = obj
+        .required("cluster")?
+        .non_empty_string(bounds::MAX_NAME_LEN)?
+        .to_string();
+    let authority = match obj.field("authority") {
+        Some(f) => header_value(&f)?.to_string(),
+        None => cluster.clone(),
+    };
+    let path = match obj.field("path") {
+        Some(f) => {
+            let p = header_value(&f)?;
+            if !p.starts_with('/') {
+                return Err(f.error("must start with '/'"));
+            }
+            p.to_string()
+        }
+        None => defaults::CHAT_PATH.to_string(),
+    };
+    let upstream_model = match obj.field("model") {
+        Some(f) => f.non_empty_string(bounds::MAX_NAME_LEN)?.to_string(),
+        None => alias.to_string(),
+    };
+    let credential = obj
+        .field("auth")
+        .map(|f| parse_credential(&f, env))
+        .transpose()?;
+    let extra_headers = match obj.field("headers") {
+        Some(f) => parse_headers(&f)?,
+        None => Vec::new(),
+    };
+    let price = match obj.field("price") {
+        Some(f) => {
+            let p = f.object()?;
+            p.deny_unknown(&["input_per_million", "output_per_million"])?;
+            Price {
+                input_per_million: p.opt_number("input_per_million", 0.0, 1e6)?.unwrap_or(0.0),
+                output_per_million: p.opt_number("output_per_million", 0.0, 1e6)?.unwrap_or(0.0),
+            }
+        }
+        None => Price::default(),
+    };
+    Ok(UpstreamModel {
+        alias: alias.to_string(),
+        cluster,
+        authority,
+        path,
+        upstream_model,
+        credential,
+        extra_headers,
+        price,
+        logprobs: obj.opt_bool("logprobs")?.unwrap_or(false),
+        timeout_ms: obj
+            .opt_integer("timeout_ms", 1, bounds::MAX_TIMEOUT_MS)?
+            .unwrap_or(defaults::TIMEOUT_MS),
+    })
+}
+
+fn header_value<'a>(field: &Node<'a>) -> ConfigResult<&'a str> {
+    let s = field.non_empty_string(4096)?;
+    if s.chars().any(|c| c.is_control()) {
+        return Err(field.error("must not contain control characters"));
+    }
+    Ok(s)
+}
+
+fn check_header_name(field: &Node<'_>, name: &str) -> ConfigResult<()> {
+    let token = !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+        });
+    if !token {
+        return Err(field.error("header names must be lowercase HTTP tokens"));
+    }
+    if matches!(
+        name,
+        "host" | "content-length" | "transfer-encoding" | "connection" | "content-type"
+    ) {
+        return Err(field.error(format!(
+            "header `{name}` is set by the gateway and cannot be configured"
+        )));
+    }
+    Ok(())
+}
+
+fn parse_headers(field: &Node<'_>) -> ConfigResult<Vec<(String, String)>> {
+    let obj = field.object()?;
+    if obj.len() > bounds::MAX_HEADERS_PER_MODEL {
+        return Err(obj.error(format!("at most {} headers", bounds::MAX_HEADERS_PER_MODEL)));
+    }
+    let mut headers = Vec::with_capacity(obj.len());
+    for (name, value) in obj.entries() {
+        check_header_name(&value, name)?;
+        headers.push((name.to_string(), header_value(&value)?.to_string()));
+    }
+    Ok(headers)
+}
+
+fn parse_credential(
+    field: &Node<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> ConfigResult<Credential> {
+    let obj = field.object()?;
+    obj.deny_unknown(&["header", "env", "value", "prefix"])?;
+    let header = match obj.field("header") {
+        Some(f) => {
+            let name = f.non_empty_string(256)?;
+            check_header_name(&f, name)?;
+            name.to_string()
+        }
+        None => "authorization".to_string(),
+    };
+    let prefix = match obj.opt_string("prefix")? {
+        Some(p) => p.to_string(),
+        None if header == "authorization" => "Bearer ".to_string(),
+        None => String::new(),
+    };
+    let secret = match (obj.field("env"), obj.field("value")) {
+        (Some(var), None) => {
+            let name = var.non_empty_string(256)?;
+            match env(name) {
+                Some(v) if !v.is_empty() => v,
+                _ => {
+                    return Err(var.error(format!(
+                        "environment variable `{name}` is not set in the VM \
+                         (expose it with vm_config.environment_variables)"
+                    )))
+                }
+            }
+        }
+        (None, Some(value)) => value.non_empty_string(8192)?.to_string(),
+        (Some(_), Some(_)) => return Err(obj.error("set either `env` or `value`, not both")),
+        (None, None) => return Err(obj.error("needs `env` (preferred) or `value`")),
+    };
+    let value = format!("{prefix}{secret}");
+    if value.chars().any(|c| c.is_control()) {
+        return Err(obj.error("credential must not contain control characters"));
+    }
+    Ok(Credential {
+        header,
+        value: Secret(value),
+    })
+}
+
+fn parse_recipes(
+    field: &Node<'_>,
+    aliases: &HashMap<&str, ModelId>,
+) -> ConfigResult<Vec<Rc<Recipe>>> {
+    let obj = named(field, "recipe")?;
+    if obj.len() > bounds::MAX_RECIPES {
+        return Err(obj.error(format!("at most {} recipes", bounds::MAX_RECIPES)));
+    }
+    let mut recipes = Vec::with_capacity(obj.len());
+    for (name, field) in obj.entries() {
+        if name.is_empty() || name.len() > bounds::MAX_NAME_LEN || !is_valid_name(name) {
+            return Err(field.error("recipe name must be 1-256 characters of [A-Za-z0-9-_.:/@]"));
+        }
+        recipes.push(Rc::new(parse_recipe(name, &field, aliases)?));
+    }
+    Ok(recipes)
+}
+
+fn parse_recipe(
+    name: &str,
+    field: &Node<'_>,
+    aliases: &HashMap<&str, ModelId>,
+) -> ConfigResult<Recipe> {
+    let obj = field.object()?;
+    let algorithm_field = obj.required("algorithm")?;
+    let algorithm_name = algorithm_field.string()?;
+    match algorithm_name {
+        "single" => {}
+        other if RESERVED_ALGORITHMS.contains(&other) => {
+            return Err(algorithm_field.error(format!(
+                "algorithm `{other}` is not available in this version (available: single)"
+            )))
+        }
+        other => {
+            return Err(
+                algorithm_field.error(format!("unknown algorithm `{other}` (available: single)"))
+            )
+        }
+    }
+    obj.deny_unknown(&[
+        "algorithm",
+        "models",
+        "max_calls",
+        "deadline_ms",
+        "call_timeout_ms",
+        "description",
+    ])?;
+    let models = parse_model_list(&obj.required("models")?, aliases)?;
+    let default_calls = models.len() as u64;
+    let budget = Budget {
+        max_calls: obj
+            .opt_integer("max_calls", 1, bounds::MAX_CALLS)?
+            .unwrap_or(default_calls) as u32,
+        deadline_ms: obj.opt_integer("deadline_ms", 1, bounds::MAX_DEADLINE_MS)?,
+        call_timeout_ms: obj.opt_integer("call_timeout_ms", 1, bounds::MAX_TIMEOUT_MS)?,
+    };
+    if let Some(description) = obj.field("description") {
+        description.string()?;
+    }
+    Ok(Recipe {
+        name: name.to_string(),
+        algorithm: Algorithm::Single { models },
+        budget,
+    })
+}
+
+fn parse_model_list(
+    field: &Node<'_>,
+    aliases: &HashMap<&str, ModelId>,
+) -> ConfigResult<Vec<ModelId>> {
+    let items = field.elements()?;
+    if items.is_empty() {
+        return Err(field.error("must list at least one model"));
+    }
+    if items.len() > bounds::MAX_MODELS_PER_RECIPE {
+        return Err(field.error(format!("at most {} models", bounds::MAX_MODELS_PER_RECIPE)));
+    }
+    let mut ids = Vec::with_capacity(items.len());
+    for node in &items {
+        let alias = node.string()?;
+        let id = *aliases
+            .get(alias)
+            .ok_or_else(|| node.error(format!("unknown model `{alias}` (not in `models`)")))?;
+        if ids.contains(&id) {
+            return Err(node.error(format!("model `{alias}` is listed twice")));
+        }
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+fn parse_virtual_models(
+    field: &Node<'_>,
+    recipes: &HashMap<&str, RecipeId>,
+) -> ConfigResult<Vec<VirtualModel>> {
+    let obj = named(field, "virtual model")?;
+    if obj.len() > bounds::MAX_VIRTUAL_MODELS {
+        return Err(obj.error(format!(
+            "at most {} virtual models",
+            bounds::MAX_VIRTUAL_MODELS
+        )));
+    }
+    let mut out = Vec::with_capacity(obj.len());
+    for (name, field) in obj.entries() {
+        if name.is_empty() || name.len() > bounds::MAX_NAME_LEN || !is_valid_name(name) {
+            return Err(
+                field.error("virtual model name must be 1-256 characters of [A-Za-z0-9-_.:/@]")
+            );
+        }
+        let entry = field.object()?;
+        entry.deny_unknown(&["recipe", "description"])?;
+        let recipe_field = entry.required("recipe")?;
+        let recipe_name = recipe_field.string()?;
+        let recipe = *recipes.get(recipe_name).ok_or_else(|| {
+            recipe_field.error(format!("unknown recipe `{recipe_name}` (not in `recipes`)"))
+        })?;
+        out.push(VirtualModel {
+            name: name.to_string(),
+            recipe,
+            description: entry.opt_string("description")?.map(str::to_string),
+        });
+    }
+    Ok(out)
+}
+
+fn parse_limits(field: Option<Node<'_>>) -> ConfigResult<Limits> {
+    let mut limits = Limits {
+        max_body_bytes: defaults::MAX_BODY_BYTES as usize,
+        request_deadline_ms: defaults::REQUEST_DEADLINE_MS,
+        max_upstream_body_bytes: defaults::MAX_UPSTREAM_BODY_BYTES as usize,
+    };
+    let Some(field) = field else {
+        return Ok(limits);
+    };
+    let obj = field.object()?;
+    obj.deny_unknown(&[
+        "max_body_bytes",
+        "request_deadline_ms",
+        "max_upstream_body_bytes",
+    ])?;
+    if let Some(n) = obj.opt_integer("max_body_bytes", 1, bounds::MAX_BODY_BYTES)? {
+        limits.max_body_bytes = n as usize;
+    }
+    if let Some(n) = obj.opt_integer("request_deadline_ms", 1, bounds::MAX_DEADLINE_MS)? {
+        limits.request_deadline_ms = n;
+    }
+    if let Some(n) = obj.opt_integer("max_upstream_body_bytes", 1, bounds::MAX_BODY_BYTES)? {
+        limits.max_upstream_body_bytes = n as usize;
+    }
+    Ok(limits)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,256 @@
+//! Tests of the parent module, compiled only under #[cfg(test)].
+
+use super::*;
+use serde_json::{json, Value};
+
+fn env(name: &str) -> Option<String> {
+    (name == "SIM_KEY").then(|| "sekret".to_string())
+}
+
+fn minimal() -> Value {
+    json!({
+        "models": {"a": {"cluster": "c1"}, "b": {"cluster": "c2", "model": "b-upstream"}},
+        "recipes": {"r": {"algorithm": "single", "models": ["a", "b"]}},
+        "virtual_models": {"vllm-sr/auto": {"recipe": "r"}}
+    })
+}
+
+fn parse(v: &Value) -> Result<Config, ConfigError> {
+    Config::from_json(v.to_string().as_bytes(), &env)
+}
+
+fn error_path(v: &Value) -> String {
+    parse(v).unwrap_err().path
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = parse(&minimal()).unwrap();
+    let a = &c.models[0];
+    assert_eq!(a.alias, "a");
+    assert_eq!(a.authority, "c1");
+    assert_eq!(a.path, "/v1/chat/completions");
+    assert_eq!(a.upstream_model, "a");
+    assert_eq!(a.timeout_ms, defaults::TIMEOUT_MS);
+    assert!(!a.logprobs);
+    assert_eq!(c.models[1].upstream_model, "b-upstream");
+    assert_eq!(c.recipes[0].budget.max_calls, 2);
+    assert_eq!(c.limits.max_body_bytes, 1024 * 1024);
+    assert_eq!(c.limits.request_deadline_ms, defaults::REQUEST_DEADLINE_MS);
+    assert!(!c.trace_allowed);
+    assert_eq!(c.reply_model_name, ReplyModelName::Virtual);
+    assert!(c.virtual_model("vllm-sr/auto").is_some());
+    assert!(c.is_unknown_virtual("vllm-sr/other"));
+    assert!(!c.is_unknown_virtual("gpt-4o"));
+    assert!(!c.is_unknown_virtual("vllm-sr/auto"));
+}
+
+#[test]
+fn the_shipped_filters_parse() {
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/filters")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let bytes = std::fs::read(&path).unwrap();
+            Config::from_json(&bytes, &|_| Some("x".to_string()))
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+    }
+}
+
+#[test]
+fn full_model_entry() {
+    let mut v = minimal();
+    v["models"]["a"] = json!({
+        "cluster": "openai", "authority": "api.openai.com", "path": "/v1/chat/completions",
+        "model": "gpt-4o-mini", "auth": {"env": "SIM_KEY"},
+        "headers": {"openai-organization": "org-1"},
+        "price": {"input_per_million": 0.15, "output_per_million": 0.6},
+        "logprobs": true, "timeout_ms": 5000
+    });
+    let c = parse(&v).unwrap();
+    let a = &c.models[0];
+    let cred = a.credential.as_ref().unwrap();
+    assert_eq!(cred.header, "authorization");
+    assert_eq!(cred.value.expose(), "Bearer sekret");
+    assert!(!format!("{a:?}").contains("sekret"), "secrets never print");
+    assert_eq!(
+        a.extra_headers,
+        vec![("openai-organization".into(), "org-1".into())]
+    );
+    assert!((a.price.cost(1_000_000, 1_000_000) - 0.75).abs() < 1e-9);
+    assert!(a.logprobs);
+    assert_eq!(a.timeout_ms, 5000);
+}
+
+#[test]
+fn literal_credentials_and_custom_headers() {
+    let mut v = minimal();
+    v["models"]["a"]["auth"] = json!({"header": "api-key", "value": "k1"});
+    let c = parse(&v).unwrap();
+    let cred = c.models[0].credential.as_ref().unwrap();
+    assert_eq!(
+        (cred.header.as_str(), cred.value.expose()),
+        ("api-key", "k1")
+    );
+}
+
+#[test]
+fn errors_name_the_field() {
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(Edit, &str)> = vec![
+        (Box::new(|v| v["models"] = json!(5)), "models"),
+        (Box::new(|v| v["models"] = json!({})), "models"),
+        (Box::new(|v| v["extra"] = json!(1)), "extra"),
+        (
+            Box::new(|v| v["models"]["a"]["timeout_ms"] = json!(0)),
+            "models.a.timeout_ms",
+        ),
+        (
+            Box::new(|v| v["models"]["a"]["timeout_ms"] = json!(10_000_000)),
+            "models.a.timeout_ms",
+        ),
+        (
+            Box::new(|v| v["models"]["a"]["timout_ms"] = json!(5)),
+            "models.a.timout_ms",
+        ),
+        (
+            Box::new(|v| {
+                v["models"]["a"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("cluster")
+                    .map(|_| ())
+                    .unwrap()
+            }),
+            "models.a.cluster",
+        ),
+        (
+            Box::new(|v| v["models"]["a"]["cluster"] = json!("")),
+            "models.a.cluster",
+        ),
+        (
+            Box::new(|v| v["models"]["a"]["path"] = json!("v1/chat")),
+            "models.a.path",
+        ),
+        (
+            Box::new(|v| v["models"]["a"]["logprobs"] = json!("yes")),
+            "models.a.logprobs",
+        ),
+        (
+            Box::new(|v| v["models"]["a"]["price"] = json!({"input_per_million": -1})),
+            "models.a.price.input_per_million",
+        ),
+        (
+            Box::new(|v| v["models"]["a"]["auth"] = json!({"env": "MISSING"})),
+            "models.a.auth.env",
+        ),
+        (
+            Box::new(|v| v["models"]["a"]["auth"] = json!({})),
+            "models.a.auth",
+        ),
+        (
+            Box::new(|v| v["models"]["a"]["auth"] = json!({"env": "SIM_KEY", "value": "x"})),
+            "models.a.auth",
+        ),
+        (
+            Box::new(|v| v["models"]["a"]["headers"] = json!({"Content-Length": "1"})),
+            "models.a.headers.Content-Length",
+        ),
+        (
+            Box::new(|v| v["models"]["a"]["headers"] = json!({"host": "x"})),
+            "models.a.headers.host",
+        ),
+        (
+            Box::new(|v| v["models"]["a"]["headers"] = json!({"x-ok": "a\r\nb"})),
+            "models.a.headers.x-ok",
+        ),
+        (
+            Box::new(|v| v["recipes"]["r"]["algorithm"] = json!("magic")),
+            "recipes.r.algorithm",
+        ),
+        (
+            Box::new(|v| v["recipes"]["r"]["algorithm"] = json!("remom")),
+            "recipes.r.algorithm",
+        ),
+        (
+            Box::new(|v| v["recipes"]["r"]["models"] = json!([])),
+            "recipes.r.models",
+        ),
+        (
+            Box::new(|v| v["recipes"]["r"]["models"] = json!(["a", "zz"])),
+            "recipes.r.models[1]",
+        ),
+        (
+            Box::new(|v| v["recipes"]["r"]["models"] = json!(["a", "a"])),
+            "recipes.r.models[1]",
+        ),
+        (
+            Box::new(|v| v["recipes"]["r"]["max_calls"] = json!(0)),
+            "recipes.r.max_calls",
+        ),
+        (
+            Box::new(|v| v["recipes"]["r"]["max_calls"] = json!(1000)),
+            "recipes.r.max_calls",
+        ),
+        (
+            Box::new(|v| v["recipes"]["r"]["bogus"] = json!(1)),
+            "recipes.r.bogus",
+        ),
+        (
+            Box::new(|v| v["virtual_models"]["vllm-sr/auto"]["recipe"] = json!("nope")),
+            "virtual_models.vllm-sr/auto.recipe",
+        ),
+        (
+            Box::new(|v| v["virtual_models"] = json!({})),
+            "virtual_models",
+        ),
+        (
+            Box::new(|v| v["limits"] = json!({"max_body_bytes": 0})),
+            "limits.max_body_bytes",
+        ),
+        (
+            Box::new(|v| v["limits"] = json!({"request_deadline_ms": 99_999_999})),
+            "limits.request_deadline_ms",
+        ),
+        (
+            Box::new(|v| v["trace"] = json!({"allow": 1})),
+            "trace.allow",
+        ),
+        (
+            Box::new(|v| v["response"] = json!({"model": "x"})),
+            "response.model",
+        ),
+        (
+            Box::new(|v| v["passthrough_models"] = json!(["ok", 3])),
+            "passthrough_models[1]",
+        ),
+    ];
+    for (edit, path) in cases {
+        let mut v = minimal();
+        edit(&mut v);
+        assert_eq!(error_path(&v), path, "{v}");
+    }
+}
+
+#[test]
+fn too_many_models_in_a_recipe_is_refused() {
+    let mut v = minimal();
+    let mut models = serde_json::Map::new();
+    let mut names = Vec::new();
+    for i in 0..=bounds::MAX_MODELS_PER_RECIPE {
+        models.insert(format!("m{i}"), json!({"cluster": "c"}));
+        names.push(json!(format!("m{i}")));
+    }
+    v["models"] = Value::Object(models);
+    v["recipes"]["r"]["models"] = Value::Array(names);
+    assert_eq!(error_path(&v), "recipes.r.models");
+}
+
+#[test]
+fn not_json_is_a_root_error() {
+    let err = Config::from_json(b"{nope", &env).unwrap_err();
+    assert_eq!(err.path, "");
+    assert!(err.to_string().contains("not valid JSON"));
+    let err = Config::from_json(b"[]", &env).unwrap_err();
+    assert!(err.message.contains("an object"));
+}

@@ -1,0 +1,513 @@
+//! One client request from headers to reply: routes it (virtual model, `GET /v1/models`, or
+//! pass-through), buffers and validates the body, runs the looper, and renders the reply as
+//! JSON or SSE with the `x-looper-*` headers. Plain Rust: the adapter feeds it host events and
+//! carries out the [`Command`]s it returns.
+
+use crate::config::{ModelId, ReplyModelName};
+use crate::gateway::Gateway;
+use crate::looper::{Answer, CallId, CallResult, Looper, LooperCommand};
+use crate::metrics::{Global, MetricId};
+use crate::model_scan::{ModelScanner, Scan};
+use crate::openai::{models, sse, ApiError, ChatRequest, FinalCompletion};
+use crate::time::Millis;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+pub const CHAT_COMPLETIONS_PATH: &str = "/v1/chat/completions";
+pub const MODELS_PATH: &str = "/v1/models";
+/// Request header with which a client asks for `looper_trace` (honoured only when the
+/// operator allows traces).
+pub const TRACE_HEADER: &str = "x-looper-trace";
+
+/// What the adapter returns to the host from a request callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Pause,
+}
+
+/// What the exchange asks of the host.
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    HttpCall {
+        call: CallId,
+        cluster: String,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        timeout_ms: u64,
+    },
+    /// A local reply; the adapter sends at most one.
+    Reply {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    Count(MetricId),
+    Record(MetricId, u64),
+}
+
+/// The request line and the few headers the gateway reads.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestHead<'a> {
+    pub method: &'a [u8],
+    pub path: &'a [u8],
+    /// The value of `x-looper-trace`, if present.
+    pub trace: Option<&'a [u8]>,
+}
+
+enum State {
+    /// Waiting for request headers.
+    New,
+    /// A chat completion request whose body is arriving.
+    Buffering {
+        scanner: ModelScanner,
+        body: Vec<u8>,
+    },
+    /// Released to the normal route; nothing more to do.
+    PassThrough,
+    Running(Box<Running>),
+    /// A reply was produced.
+    Done,
+}
+
+struct Running {
+    looper: Looper,
+    request: Rc<ChatRequest>,
+    virtual_index: usize,
+}
+
+pub struct Exchange {
+    gateway: Rc<Gateway>,
+    state: State,
+    started: Millis,
+    trace_requested: bool,
+    commands: VecDeque<Command>,
+    replied: bool,
+}
+
+fn path_only(path: &[u8]) -> &[u8] {
+    let end = path
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(path.len());
+    path.get(..end).unwrap_or(path)
+}
+
+impl Exchange {
+    pub fn new(gateway: Rc<Gateway>, now: Millis) -> Self {
+        Exchange {
+            gateway,
+            state: State::New,
+            started: now,
+            trace_requested: false,
+            commands: VecDeque::new(),
+            replied: false,
+        }
+    }
+
+    #[must_use]
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// Upstream bodies above this size are not read (the call counts as failed).
+    pub fn max_upstream_body_bytes(&self) -> usize {
+        self.gateway.config().limits.max_upstream_body_bytes
+    }
+
+    pub fn is_replied(&self) -> bool {
+        self.replied
+    }
+
+    /// The looper of a running request (for tests and traces).
+    pub fn looper(&self) -> Option<&Looper> {
+        match &self.state {
+            State::Running(running) => Some(&running.looper),
+            _ => None,
+        }
+    }
+
+    pub fn on_request_headers(
+        &mut self,
+        head: RequestHead<'_>,
+        end_of_stream: bool,
+        now: Millis,
+    ) -> Flow {
+        if !matches!(self.state, State::New) {
+            return Flow::Continue;
+        }
+        self.started = now;
+        self.trace_requested = head.trace.is_some_and(|v| v.trim_ascii() == b"1");
+        let path = path_only(head.path);
+        let metrics = self.gateway.metrics();
+        if path == CHAT_COMPLETIONS_PATH.as_bytes() && head.method == b"POST" {
+            if end_of_stream {
+                self.reply_error(&ApiError::invalid_request("the request has no body", None));
+                return Flow::Pause;
+            }
+            self.state = State::Buffering {
+                scanner: ModelScanner::default(),
+                body: Vec::new(),
+            };
+            return Flow::Pause;
+        }
+        if head.method == b"GET" {
+            let path = path.strip_suffix(b"/").unwrap_or(path);
+            if path == MODELS_PATH.as_bytes() {
+                let body = models::list(self.gateway.config());
+                self.commands
+                    .push_back(Command::Count(metrics.global(Global::LocalReplies)));
+                self.reply(200, Vec::new(), body, "application/json");
+                return Flow::Pause;
+            }
+            if let Some(id) = path
+                .strip_prefix(MODELS_PATH.as_bytes())
+                .and_then(|rest| rest.strip_prefix(b"/"))
+            {
+                if let Ok(id) = std::str::from_utf8(id) {
+                    if self.gateway.config().virtual_model(id).is_some() {
+                        let body = models::retrieve(id);
+                        self.commands
+                            .push_back(Command::Count(metrics.global(Global::LocalReplies)));
+                        self.reply(200, Vec::new(), body, "application/json");
+                        return Flow::Pause;
+                    }
+                }
+            }
+        }
+        self.pass_through();
+        Flow::Continue
+    }
+
+    /// Where the adapter should read new body bytes from, given the host's buffered total;
+    /// `None` when the body is not needed (pass-through, or over the limit).
+    pub fn body_read_range(&self, total: usize) -> Option<(usize, usize)> {
+        match &self.state {
+            State::Buffering { body, .. }
+                if total <= self.gateway.config().limits.max_body_bytes =>
+            {
+                Some((body.len(), total.saturating_sub(body.len())))
+            }
+            _ => None,
+        }
+    }
+
+    /// Feeds the bytes read from [`Exchange::body_read_range`] (`new_bytes`) and the host's
+    /// buffered total.
+    pub fn on_request_body(
+        &mut self,
+        total: usize,
+        new_bytes: &[u8],
+        end_of_stream: bool,
+        now: Millis,
+    ) -> Flow {
+        let State::Buffering { scanner, body } = &mut self.state else {
+            return match self.state {
+                State::PassThrough | State::New => Flow::Continue,
+                _ => Flow::Pause,
+            };
+        };
+        let limit = self.gateway.config().limits.max_body_bytes;
+        if total > limit || body.len().saturating_add(new_bytes.len()) > limit {
+            self.reply_error(&ApiError::body_too_large(limit));
+            return Flow::Pause;
+        }
+        body.extend_from_slice(new_bytes);
+        let scan = scanner.feed(new_bytes).clone();
+        let config = self.gateway.config();
+        match scan {
+            Scan::Model(name) if config.virtual_model(&name).is_none() => {
+                if config.is_unknown_virtual(&name) {
+                    self.reply_error(&ApiError::model_not_found(&name));
+                    return Flow::Pause;
+                }
+                self.pass_through();
+                return Flow::Continue;
+            }
+            Scan::LongModel => {
+                self.pass_through();
+                return Flow::Continue;
+            }
+            _ => {}
+        }
+        if !end_of_stream {
+            return Flow::Pause;
+        }
+        let body = std::mem::take(body);
+        self.start(&body, now)
+    }
+
+    fn pass_through(&mut self) {
+        self.state = State::PassThrough;
+        let id = self.gateway.metrics().global(Global::Passthrough);
+        self.commands.push_back(Command::Count(id));
+    }
+
+    /// The whole body is here: parse, choose the virtual model, start the looper.
+    fn start(&mut self, body: &[u8], now: Millis) -> Flow {
+        let request = match ChatRequest::parse(body) {
+            Ok(r) => r,
+            Err(err) => {
+                self.reply_error(&err);
+                return Flow::Pause;
+            }
+        };
+        let config = Rc::clone(self.gateway.config());
+        let Some(virtual_index) = config
+            .virtual_models
+            .iter()
+            .position(|v| v.name == request.model())
+        else {
+            if config.is_unknown_virtual(request.model()) {
+                self.reply_error(&ApiError::model_not_found(request.model()));
+                return Flow::Pause;
+            }
+            // The scan saw another name first (duplicate keys): the last one wins, as for
+            // every JSON parser upstream, and it is not ours.
+            self.pass_through();
+            return Flow::Continue;
+        };
+        let recipe = config
+            .virtual_models
+            .get(virtual_index)
+            .and_then(|v| config.recipe(v.recipe))
+            .cloned();
+        let Some(recipe) = recipe else {
+            self.reply_error(&ApiError::internal("virtual model without recipe"));
+            return Flow::Pause;
+        };
+        let metrics = self.gateway.metrics();
+        self.commands
+            .push_back(Command::Count(metrics.global(Global::Requests)));
+        self.commands
+            .push_back(Command::Count(metrics.virtual_requests(virtual_index)));
+        let request = Rc::new(request);
+        let looper = Looper::start(config, recipe, Rc::clone(&request), now);
+        self.state = State::Running(Box::new(Running {
+            looper,
+            request,
+            virtual_index,
+        }));
+        self.drain_looper(now);
+        Flow::Pause
+    }
+
+    /// The host's answer (or failure) for a dispatched call.
+    pub fn on_call_result(&mut self, call: CallId, result: CallResult, now: Millis) {
+        if let State::Running(running) = &mut self.state {
+            running.looper.on_call_result(call, result, now);
+            self.drain_looper(now);
+        }
+    }
+
+    /// The request deadline may have passed (a timer fired). Early calls do nothing.
+    pub fn on_tick(&mut self, now: Millis) {
+        if let State::Running(running) = &mut self.state {
+            running.looper.on_deadline(now);
+            self.drain_looper(now);
+        }
+    }
+
+    /// The host is done with the stream (`on_done`): a request without reply was abandoned by
+    /// its client.
+    pub fn on_stream_done(&mut self) {
+        if !self.replied && matches!(self.state, State::Running(_) | State::Buffering { .. }) {
+            let id = self.gateway.metrics().global(Global::ClientAborts);
+            self.commands.push_back(Command::Count(id));
+        }
+        self.state = State::Done;
+    }
+
+    fn drain_looper(&mut self, now: Millis) {
+        let State::Running(running) = &mut self.state else {
+            return;
+        };
+        let config = Rc::clone(self.gateway.config());
+        let metrics = self.gateway.metrics();
+        let mut finished = false;
+        while let Some(command) = running.looper.poll_command() {
+            match command {
+                LooperCommand::Dispatch {
+                    call,
+                    model,
+                    body,
+                    timeout_ms,
+                } => {
+                    let Some(upstream) = config.model(model) else {
+                        continue;
+                    };
+                    let mut headers = vec![
+                        (":method".to_string(), "POST".to_string()),
+                        (":path".to_string(), upstream.path.clone()),
+                        (":authority".to_string(), upstream.authority.clone()),
+                        ("content-type".to_string(), "application/json".to_string()),
+                    ];
+                    if let Some(credential) = &upstream.credential {
+                        headers.push((
+                            credential.header.clone(),
+                            credential.value.expose().to_string(),
+                        ));
+                    }
+                    headers.extend(upstream.extra_headers.iter().cloned());
+                    self.commands.push_back(Command::HttpCall {
+                        call,
+                        cluster: upstream.cluster.clone(),
+                        headers,
+                        body,
+                        timeout_ms,
+                    });
+                }
+                LooperCommand::CallFinished { model, outcome, .. } => {
+                    if let Some(id) = metrics.model_call(model, outcome) {
+                        self.commands.push_back(Command::Count(id));
+                    }
+                }
+                LooperCommand::Failover => {
+                    self.commands
+                        .push_back(Command::Count(metrics.global(Global::Failovers)));
+                }
+                LooperCommand::Finished => finished = true,
+            }
+        }
+        if finished {
+            self.finish(now);
+        }
+    }
+
+    fn finish(&mut self, now: Millis) {
+        let State::Running(running) = &mut self.state else {
+            return;
+        };
+        let config = Rc::clone(self.gateway.config());
+        let metrics = self.gateway.metrics();
+        let result = running.looper.take_result();
+        let runtime = running.looper.runtime();
+        let virtual_model = config.virtual_models.get(running.virtual_index);
+        let virtual_name = virtual_model.map_or("", |v| v.name.as_str());
+        let recipe = runtime.recipe();
+        let latency_ms = now.since(self.started);
+        let mut headers = vec![
+            ("x-looper-model".to_string(), virtual_name.to_string()),
+            ("x-looper-decision".to_string(), "pinned".to_string()),
+            ("x-looper-recipe".to_string(), recipe.name.clone()),
+            (
+                "x-looper-algorithm".to_string(),
+                recipe.algorithm.name().to_string(),
+            ),
+            (
+                "x-looper-calls".to_string(),
+                runtime.calls_started().to_string(),
+            ),
+            (
+                "x-looper-models".to_string(),
+                runtime.models_used().join(","),
+            ),
+            ("x-looper-latency-ms".to_string(), latency_ms.to_string()),
+            (
+                "x-looper-cost".to_string(),
+                format!("{:.8}", runtime.cost()),
+            ),
+        ];
+        let abandoned = runtime.abandoned_calls();
+        if abandoned > 0 {
+            headers.push((
+                "x-looper-abandoned-calls".to_string(),
+                abandoned.to_string(),
+            ));
+            for _ in 0..abandoned {
+                self.commands
+                    .push_back(Command::Count(metrics.global(Global::AbandonedCalls)));
+            }
+        }
+        let trace = (config.trace_allowed && self.trace_requested).then(|| runtime.trace());
+        let usage = *runtime.usage();
+        self.commands.push_back(Command::Record(
+            metrics.virtual_latency(running.virtual_index),
+            latency_ms,
+        ));
+        let reply_model = |model: ModelId| match config.reply_model_name {
+            ReplyModelName::Virtual => virtual_name.to_string(),
+            ReplyModelName::UpstreamAlias => config
+                .model(model)
+                .map_or_else(|| virtual_name.to_string(), |m| m.alias.clone()),
+        };
+        match result {
+            Some(Ok(answer)) => {
+                let model = answer.model();
+                let Answer::Upstream { completion, .. } = answer;
+                let completion = FinalCompletion::from_upstream(
+                    completion,
+                    self.gateway.ids().completion_id(),
+                    now.unix_seconds(),
+                    reply_model(model),
+                    usage,
+                );
+                if running.request.stream() {
+                    let body = sse::encode(&completion, running.request.include_usage(), trace);
+                    headers.push(("cache-control".to_string(), "no-cache".to_string()));
+                    self.reply(200, headers, body, "text/event-stream");
+                } else {
+                    let body = completion.to_json(trace);
+                    self.reply(200, headers, body, "application/json");
+                }
+            }
+            Some(Err(err)) => {
+                let mut body = err.to_json();
+                if let Some(trace) = trace {
+                    body = with_trace(&body, trace);
+                }
+                self.reply(err.status, headers, body, "application/json");
+            }
+            None => {
+                let err = ApiError::internal("the looper ended without a result");
+                self.reply(err.status, headers, err.to_json(), "application/json");
+            }
+        }
+    }
+
+    /// An error before any looper ran: a 4xx from the gateway itself.
+    fn reply_error(&mut self, err: &ApiError) {
+        let metrics = self.gateway.metrics();
+        if (400..500).contains(&err.status) {
+            self.commands
+                .push_back(Command::Count(metrics.global(Global::Rejected)));
+        }
+        self.reply(err.status, Vec::new(), err.to_json(), "application/json");
+    }
+
+    fn reply(
+        &mut self,
+        status: u16,
+        mut headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        content_type: &str,
+    ) {
+        if self.replied {
+            return;
+        }
+        self.replied = true;
+        self.state = State::Done;
+        headers.insert(0, ("content-type".to_string(), content_type.to_string()));
+        let metrics = self.gateway.metrics();
+        self.commands
+            .push_back(Command::Count(metrics.response_class(status)));
+        self.commands.push_back(Command::Reply {
+            status,
+            headers,
+            body,
+        });
+    }
+}
+
+fn with_trace(error_body: &[u8], trace: serde_json::Value) -> Vec<u8> {
+    match serde_json::from_slice::<serde_json::Value>(error_body) {
+        Ok(serde_json::Value::Object(mut obj)) => {
+            obj.insert("looper_trace".into(), trace);
+            serde_json::Value::Object(obj).to_string().into_bytes()
+        }
+        _ => error_body.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,508 @@
+//! Tests of the parent module, compiled only under #[cfg(test)].
+
+use super::*;
+use crate::config::Config;
+use serde_json::{json, Value};
+
+const T0: Millis = Millis(1_700_000_000_000);
+
+fn gateway_with(extra: Value) -> Rc<Gateway> {
+    let mut v = json!({
+        "models": {
+            "small": {"cluster": "sim", "model": "sim-small", "auth": {"env": "KEY"},
+                      "price": {"input_per_million": 1.0, "output_per_million": 1.0}},
+            "medium": {"cluster": "sim", "model": "sim-medium", "authority": "models.local",
+                       "headers": {"x-tenant": "t1"}}
+        },
+        "recipes": {"r": {"algorithm": "single", "models": ["medium", "small"]}},
+        "virtual_models": {"vllm-sr/auto": {"recipe": "r"}},
+        "passthrough_models": ["gpt-x"],
+        "limits": {"max_body_bytes": 2048},
+        "trace": {"allow": true}
+    });
+    if let (Value::Object(base), Value::Object(extra)) = (&mut v, extra) {
+        base.extend(extra);
+    }
+    let config = Config::from_json(v.to_string().as_bytes(), &|_| Some("k-123".into())).unwrap();
+    Gateway::new(config, 42)
+}
+
+fn gateway() -> Rc<Gateway> {
+    gateway_with(json!({}))
+}
+
+fn head<'a>(method: &'a str, path: &'a str) -> RequestHead<'a> {
+    RequestHead {
+        method: method.as_bytes(),
+        path: path.as_bytes(),
+        trace: None,
+    }
+}
+
+type Headers = Vec<(String, String)>;
+/// A dispatched call: id, cluster, headers, JSON body, timeout.
+type Dispatched = (CallId, String, Headers, Value, u64);
+
+struct Drained {
+    calls: Vec<Dispatched>,
+    reply: Option<(u16, Headers, Vec<u8>)>,
+    counts: Vec<String>,
+}
+
+fn drain(gw: &Gateway, ex: &mut Exchange) -> Drained {
+    let mut d = Drained {
+        calls: Vec::new(),
+        reply: None,
+        counts: Vec::new(),
+    };
+    while let Some(c) = ex.poll_command() {
+        match c {
+            Command::HttpCall {
+                call,
+                cluster,
+                headers,
+                body,
+                timeout_ms,
+            } => d.calls.push((
+                call,
+                cluster,
+                headers,
+                serde_json::from_slice(&body).unwrap(),
+                timeout_ms,
+            )),
+            Command::Reply {
+                status,
+                headers,
+                body,
+            } => {
+                assert!(d.reply.is_none(), "two replies");
+                d.reply = Some((status, headers, body));
+            }
+            Command::Count(id) => d.counts.push(gw.metrics().defs()[id.0].name.clone()),
+            Command::Record(..) => {}
+        }
+    }
+    d
+}
+
+fn post(gw: &Rc<Gateway>, body: &[u8], trace: bool) -> (Exchange, Flow, Drained) {
+    let mut ex = gw.exchange(T0);
+    let mut h = head("POST", "/v1/chat/completions");
+    if trace {
+        h.trace = Some(b"1");
+    }
+    assert_eq!(ex.on_request_headers(h, false, T0), Flow::Pause);
+    let (start, len) = ex.body_read_range(body.len()).unwrap_or((0, 0));
+    let chunk = &body[start..start + len];
+    let flow = ex.on_request_body(body.len(), chunk, true, T0);
+    let d = drain(gw, &mut ex);
+    (ex, flow, d)
+}
+
+fn chat(model: &str, extra: Value) -> Vec<u8> {
+    let mut v = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    if let (Value::Object(base), Value::Object(extra)) = (&mut v, extra) {
+        base.extend(extra);
+    }
+    v.to_string().into_bytes()
+}
+
+fn upstream_ok(content: &str, finish: &str) -> CallResult {
+    CallResult::Response {
+        status: 200,
+        body: json!({"id": "u1", "object": "chat.completion", "created": 3, "model": "sim-medium",
+            "system_fingerprint": "fp",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "logprobs": null, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}})
+        .to_string()
+        .into_bytes(),
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn models_list_is_a_local_reply() {
+    let gw = gateway();
+    let mut ex = gw.exchange(T0);
+    assert_eq!(
+        ex.on_request_headers(head("GET", "/v1/models?x=1"), true, T0),
+        Flow::Pause
+    );
+    let d = drain(&gw, &mut ex);
+    let (status, headers, body) = d.reply.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-type"), Some("application/json"));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["object"], "list");
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["vllm-sr/auto", "gpt-x"]);
+}
+
+#[test]
+fn model_retrieve_is_local_for_virtual_models_only() {
+    let gw = gateway();
+    let mut ex = gw.exchange(T0);
+    ex.on_request_headers(head("GET", "/v1/models/vllm-sr/auto"), true, T0);
+    let (status, _, body) = drain(&gw, &mut ex).reply.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["id"],
+        "vllm-sr/auto"
+    );
+
+    let mut ex = gw.exchange(T0);
+    assert_eq!(
+        ex.on_request_headers(head("GET", "/v1/models/gpt-x"), true, T0),
+        Flow::Continue
+    );
+    assert!(drain(&gw, &mut ex).reply.is_none());
+}
+
+#[test]
+fn other_routes_pass_through() {
+    let gw = gateway();
+    for (method, path) in [
+        ("GET", "/healthz"),
+        ("POST", "/v1/embeddings"),
+        ("GET", "/v1/chat/completions"),
+    ] {
+        let mut ex = gw.exchange(T0);
+        assert_eq!(
+            ex.on_request_headers(head(method, path), false, T0),
+            Flow::Continue
+        );
+        assert_eq!(ex.body_read_range(10), None);
+        assert_eq!(ex.on_request_body(10, b"", true, T0), Flow::Continue);
+        let d = drain(&gw, &mut ex);
+        assert!(d.reply.is_none() && d.calls.is_empty());
+    }
+}
+
+#[test]
+fn virtual_request_dispatches_and_replies() {
+    let gw = gateway();
+    let (mut ex, flow, d) = post(&gw, &chat("vllm-sr/auto", json!({"top_k": 3})), false);
+    assert_eq!(flow, Flow::Pause);
+    assert!(d.reply.is_none());
+    assert_eq!(d.calls.len(), 1);
+    let (call, cluster, headers, body, timeout) = &d.calls[0];
+    assert_eq!(cluster, "sim");
+    assert_eq!(header(headers, ":method"), Some("POST"));
+    assert_eq!(header(headers, ":path"), Some("/v1/chat/completions"));
+    assert_eq!(header(headers, ":authority"), Some("models.local"));
+    assert_eq!(header(headers, "x-tenant"), Some("t1"));
+    assert_eq!(header(headers, "authorization"), None);
+    assert_eq!(body["model"], "sim-medium");
+    assert_eq!(body["top_k"], 3);
+    assert_eq!(*timeout, 60_000);
+    assert!(d.counts.contains(&"looper.requests_total".to_string()));
+
+    ex.on_call_result(*call, upstream_ok("héllo", "length"), T0.plus(25));
+    let d = drain(&gw, &mut ex);
+    let (status, headers, body) = d.reply.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-looper-model"), Some("vllm-sr/auto"));
+    assert_eq!(header(&headers, "x-looper-recipe"), Some("r"));
+    assert_eq!(header(&headers, "x-looper-algorithm"), Some("single"));
+    assert_eq!(header(&headers, "x-looper-calls"), Some("1"));
+    assert_eq!(header(&headers, "x-looper-models"), Some("medium"));
+    assert_eq!(header(&headers, "x-looper-latency-ms"), Some("25"));
+    assert!(header(&headers, "x-looper-cost").is_some());
+    assert!(headers
+        .iter()
+        .all(|(_, v)| !v.contains("k-123") && !v.contains("sim")));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "vllm-sr/auto");
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_ne!(v["id"], "u1");
+    assert_eq!(v["created"], T0.plus(25).unix_seconds());
+    assert_eq!(v["choices"][0]["message"]["content"], "héllo");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["total_tokens"], 10);
+    assert_eq!(v["system_fingerprint"], "fp");
+    assert!(v.get("looper_trace").is_none());
+    assert!(d
+        .counts
+        .contains(&"looper.model.medium.calls.ok".to_string()));
+    assert!(d.counts.contains(&"looper.responses_2xx".to_string()));
+    assert!(ex.is_replied());
+}
+
+#[test]
+fn failover_uses_the_credential_and_sums_usage() {
+    let gw = gateway();
+    let (mut ex, _, d) = post(&gw, &chat("vllm-sr/auto", json!({})), false);
+    let failed = CallResult::Response {
+        status: 500,
+        body: br#"{"error":{"message":"boom"},"usage":{"prompt_tokens":4,"completion_tokens":0}}"#
+            .to_vec(),
+    };
+    ex.on_call_result(d.calls[0].0, failed, T0);
+    let d = drain(&gw, &mut ex);
+    assert!(d.counts.contains(&"looper.failovers_total".to_string()));
+    assert!(d
+        .counts
+        .contains(&"looper.model.medium.calls.http_error".to_string()));
+    let (call, _, headers, body, _) = &d.calls[0];
+    assert_eq!(header(headers, "authorization"), Some("Bearer k-123"));
+    assert_eq!(header(headers, ":authority"), Some("sim"));
+    assert_eq!(body["model"], "sim-small");
+    ex.on_call_result(*call, upstream_ok("ok", "stop"), T0);
+    let (status, headers, body) = drain(&gw, &mut ex).reply.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-looper-models"), Some("medium,small"));
+    assert_eq!(header(&headers, "x-looper-calls"), Some("2"));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["usage"]["prompt_tokens"], 8);
+    assert_eq!(v["usage"]["total_tokens"], 14);
+}
+
+#[test]
+fn all_upstreams_failing_gives_502_with_headers() {
+    let gw = gateway();
+    let (mut ex, _, d) = post(&gw, &chat("vllm-sr/auto", json!({})), false);
+    ex.on_call_result(d.calls[0].0, CallResult::Reset, T0);
+    let d = drain(&gw, &mut ex);
+    ex.on_call_result(d.calls[0].0, CallResult::Rejected, T0);
+    let d = drain(&gw, &mut ex);
+    let (status, headers, body) = d.reply.unwrap();
+    assert_eq!(status, 502);
+    assert_eq!(header(&headers, "x-looper-calls"), Some("2"));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["type"], "upstream_error");
+    assert!(d.counts.contains(&"looper.responses_5xx".to_string()));
+}
+
+#[test]
+fn streaming_reply_is_sse() {
+    let gw = gateway();
+    let body = chat(
+        "vllm-sr/auto",
+        json!({"stream": true, "stream_options": {"include_usage": true}}),
+    );
+    let (mut ex, _, d) = post(&gw, &body, false);
+    assert_eq!(d.calls[0].3["stream"], false);
+    assert!(d.calls[0].3.get("stream_options").is_none());
+    ex.on_call_result(d.calls[0].0, upstream_ok("日本語 text 🙂", "stop"), T0);
+    let (status, headers, body) = drain(&gw, &mut ex).reply.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-type"), Some("text/event-stream"));
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.starts_with("data: {"));
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert!(text.contains("\"total_tokens\":10"));
+}
+
+#[test]
+fn trace_needs_operator_permission_and_client_opt_in() {
+    for (allowed, asked, expect) in [
+        (true, true, true),
+        (true, false, false),
+        (false, true, false),
+    ] {
+        let gw = gateway_with(json!({"trace": {"allow": allowed}}));
+        let (mut ex, _, d) = post(&gw, &chat("vllm-sr/auto", json!({})), asked);
+        ex.on_call_result(d.calls[0].0, upstream_ok("x", "stop"), T0);
+        let (_, _, body) = drain(&gw, &mut ex).reply.unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v.get("looper_trace").is_some(), expect, "{allowed} {asked}");
+        if expect {
+            let trace = &v["looper_trace"];
+            assert_eq!(trace["algorithm"], "single");
+            assert_eq!(trace["steps"][0]["model"], "medium");
+            assert_eq!(trace["steps"][0]["outcome"], "ok");
+            assert!(!trace.to_string().contains("k-123"));
+        }
+    }
+}
+
+#[test]
+fn reply_can_name_the_upstream_alias() {
+    let gw = gateway_with(json!({"response": {"model": "upstream"}}));
+    let (mut ex, _, d) = post(&gw, &chat("vllm-sr/auto", json!({})), false);
+    ex.on_call_result(d.calls[0].0, upstream_ok("x", "stop"), T0);
+    let (_, _, body) = drain(&gw, &mut ex).reply.unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["model"], "medium");
+}
+
+#[test]
+fn other_models_pass_through_after_the_first_chunk() {
+    let gw = gateway();
+    let body = br#"{"model":"gpt-x","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut ex = gw.exchange(T0);
+    ex.on_request_headers(head("POST", "/v1/chat/completions"), false, T0);
+    let first = &body[..20];
+    let (start, len) = ex.body_read_range(20).unwrap();
+    assert_eq!((start, len), (0, 20));
+    assert_eq!(
+        ex.on_request_body(20, &first[start..start + len], false, T0),
+        Flow::Continue
+    );
+    // Later chunks are not read any more.
+    assert_eq!(ex.body_read_range(body.len()), None);
+    assert_eq!(
+        ex.on_request_body(body.len(), b"", true, T0),
+        Flow::Continue
+    );
+    let d = drain(&gw, &mut ex);
+    assert!(d.reply.is_none());
+    assert!(d.calls.is_empty());
+    assert_eq!(d.counts, vec!["looper.passthrough_total".to_string()]);
+}
+
+#[test]
+fn body_arriving_in_chunks_is_assembled() {
+    let gw = gateway();
+    let body = chat(
+        "vllm-sr/auto",
+        json!({"messages": [{"role": "user", "content": "x".repeat(500)}]}),
+    );
+    let mut ex = gw.exchange(T0);
+    ex.on_request_headers(head("POST", "/v1/chat/completions"), false, T0);
+    let mut total = 0;
+    for piece in body.chunks(7) {
+        total += piece.len();
+        let (start, len) = ex.body_read_range(total).unwrap();
+        assert_eq!(start + len, total);
+        assert_eq!(ex.on_request_body(total, piece, false, T0), Flow::Pause);
+    }
+    assert_eq!(ex.body_read_range(total), Some((total, 0)));
+    ex.on_request_body(total, b"", true, T0);
+    let d = drain(&gw, &mut ex);
+    assert_eq!(d.calls.len(), 1);
+    assert_eq!(
+        d.calls[0].3["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .len(),
+        500
+    );
+}
+
+fn error_of(d: &Drained) -> (u16, Value) {
+    let (status, _, body) = d.reply.as_ref().unwrap();
+    (*status, serde_json::from_slice(body).unwrap())
+}
+
+#[test]
+fn bad_requests_get_openai_errors() {
+    let gw = gateway();
+    let cases: Vec<(Vec<u8>, u16, Option<&str>)> = vec![
+        (b"{not json".to_vec(), 400, None),
+        (b"[1,2]".to_vec(), 400, None),
+        (b"\xff\xfe\x00".to_vec(), 400, None),
+        (
+            br#"{"model":"vllm-sr/auto"}"#.to_vec(),
+            400,
+            Some("messages"),
+        ),
+        (
+            br#"{"model":"vllm-sr/auto","messages":"x"}"#.to_vec(),
+            400,
+            Some("messages"),
+        ),
+        (
+            br#"{"model":"vllm-sr/auto","messages":[],"stream":1}"#.to_vec(),
+            400,
+            Some("messages"),
+        ),
+        (
+            chat("vllm-sr/auto", json!({"stream": "yes"})),
+            400,
+            Some("stream"),
+        ),
+        (chat("vllm-sr/auto", json!({"n": 0})), 400, Some("n")),
+        (br#"{"messages":[]}"#.to_vec(), 400, Some("model")),
+        (br#"{"model":7,"messages":[]}"#.to_vec(), 400, Some("model")),
+        (chat("vllm-sr/unknown", json!({})), 404, Some("model")),
+    ];
+    for (body, status, param) in cases {
+        let (_, flow, d) = post(&gw, &body, false);
+        assert_eq!(flow, Flow::Pause);
+        assert!(d.calls.is_empty());
+        let (got, v) = error_of(&d);
+        assert_eq!(got, status, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            v["error"]["param"].as_str(),
+            param,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        assert!(v["error"]["message"].is_string());
+        assert!(d.counts.contains(&"looper.rejected_total".to_string()));
+    }
+}
+
+#[test]
+fn unknown_virtual_model_is_404_as_soon_as_it_is_seen() {
+    let gw = gateway();
+    let mut ex = gw.exchange(T0);
+    ex.on_request_headers(head("POST", "/v1/chat/completions"), false, T0);
+    let chunk = br#"{"model":"vllm-sr/nope","messages":["#;
+    ex.on_request_body(chunk.len(), chunk, false, T0);
+    let (status, v) = error_of(&drain(&gw, &mut ex));
+    assert_eq!(status, 404);
+    assert_eq!(v["error"]["code"], "model_not_found");
+}
+
+#[test]
+fn body_over_the_limit_is_413_without_reading_it() {
+    let gw = gateway();
+    let mut ex = gw.exchange(T0);
+    ex.on_request_headers(head("POST", "/v1/chat/completions"), false, T0);
+    assert_eq!(ex.body_read_range(4096), None);
+    assert_eq!(ex.on_request_body(4096, b"", false, T0), Flow::Pause);
+    let (status, v) = error_of(&drain(&gw, &mut ex));
+    assert_eq!(status, 413);
+    assert_eq!(v["error"]["code"], "request_too_large");
+}
+
+#[test]
+fn chat_post_without_body_is_400() {
+    let gw = gateway();
+    let mut ex = gw.exchange(T0);
+    assert_eq!(
+        ex.on_request_headers(head("POST", "/v1/chat/completions"), true, T0),
+        Flow::Pause
+    );
+    assert_eq!(error_of(&drain(&gw, &mut ex)).0, 400);
+}
+
+#[test]
+fn client_abort_is_counted_and_late_results_ignored() {
+    let gw = gateway();
+    let (mut ex, _, d) = post(&gw, &chat("vllm-sr/auto", json!({})), false);
+    ex.on_stream_done();
+    let after = drain(&gw, &mut ex);
+    assert_eq!(after.counts, vec!["looper.client_aborts_total".to_string()]);
+    ex.on_call_result(d.calls[0].0, upstream_ok("late", "stop"), T0);
+    let late = drain(&gw, &mut ex);
+    assert!(late.reply.is_none() && late.calls.is_empty());
+}
+
+#[test]
+fn response_ids_are_unique() {
+    let gw = gateway();
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let (mut ex, _, d) = post(&gw, &chat("vllm-sr/auto", json!({})), false);
+        ex.on_call_result(d.calls[0].0, upstream_ok("x", "stop"), T0);
+        let (_, _, body) = drain(&gw, &mut ex).reply.unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert!(ids.insert(v["id"].as_str().unwrap().to_string()));
+    }
+}

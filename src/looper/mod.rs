@@ -1,0 +1,126 @@
+//! One state machine per request. The looper is driven by events (start, call result,
+//! deadline) with the current time as input, and answers with commands (dispatch a call, a call
+//! ended, finished) drained with [`Looper::poll_command`]. It never touches the host.
+//!
+//! Algorithms plug in behind [`Algorithm`]; the [`Runtime`] they act through enforces the
+//! recipe's budget whatever the algorithm asks.
+
+pub mod call;
+pub mod runtime;
+mod single;
+
+pub use call::{CallId, CallOutcome, CallResult, FailureKind};
+pub use runtime::{Answer, CallRecord, CallState, LooperCommand, Runtime, Stop};
+
+use crate::config::{Algorithm as AlgorithmConfig, Config, Recipe};
+use crate::openai::{ApiError, ChatRequest};
+use crate::time::Millis;
+use std::rc::Rc;
+
+/// A collaboration pattern. It reacts to events by asking the runtime to dispatch calls or
+/// to finish; the runtime owns the budget, the calls and the trace.
+pub trait Algorithm {
+    fn start(&mut self, rt: &mut Runtime);
+    fn on_call_done(&mut self, rt: &mut Runtime, call: CallId, outcome: CallOutcome);
+    /// The request deadline passed with the looper unfinished.
+    fn on_deadline(&mut self, rt: &mut Runtime) {
+        let deadline_ms = rt.deadline_ms();
+        rt.finish(
+            Err(ApiError::deadline_exceeded(deadline_ms)),
+            "request deadline reached",
+        );
+    }
+}
+
+pub struct Looper {
+    runtime: Runtime,
+    algorithm: Box<dyn Algorithm>,
+}
+
+impl Looper {
+    /// Builds the recipe's algorithm and starts it; the first dispatches are ready to poll.
+    pub fn start(
+        config: Rc<Config>,
+        recipe: Rc<Recipe>,
+        request: Rc<ChatRequest>,
+        now: Millis,
+    ) -> Looper {
+        let algorithm: Box<dyn Algorithm> = match &recipe.algorithm {
+            AlgorithmConfig::Single { models } => Box::new(single::Single::new(models.clone())),
+        };
+        let mut looper = Looper {
+            runtime: Runtime::new(config, recipe, request, now),
+            algorithm,
+        };
+        looper.algorithm.start(&mut looper.runtime);
+        looper.check_progress();
+        looper
+    }
+
+    /// Feeds the result of a call. Results for calls that are no longer awaited (abandoned
+    /// after the looper finished) are ignored.
+    pub fn on_call_result(&mut self, call: CallId, result: CallResult, now: Millis) {
+        self.runtime.set_now(now);
+        if self.runtime.is_finished() {
+            return;
+        }
+        let outcome = call::interpret(result);
+        if !self.runtime.record_result(call, &outcome) {
+            return;
+        }
+        if self.runtime.is_past_deadline() {
+            self.algorithm.on_deadline(&mut self.runtime);
+        } else {
+            self.algorithm
+                .on_call_done(&mut self.runtime, call, outcome);
+        }
+        self.check_progress();
+    }
+
+    /// To be called when [`Looper::next_deadline`] has passed; earlier calls do nothing.
+    pub fn on_deadline(&mut self, now: Millis) {
+        self.runtime.set_now(now);
+        if !self.runtime.is_finished() && self.runtime.is_past_deadline() {
+            self.algorithm.on_deadline(&mut self.runtime);
+            self.check_progress();
+        }
+    }
+
+    /// The instant the looper wants to be woken at, if unfinished.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        (!self.runtime.is_finished()).then(|| self.runtime.deadline())
+    }
+
+    #[must_use]
+    pub fn poll_command(&mut self) -> Option<LooperCommand> {
+        self.runtime.poll_command()
+    }
+
+    /// The final answer or error, once [`LooperCommand::Finished`] was polled.
+    pub fn take_result(&mut self) -> Option<Result<Answer, ApiError>> {
+        self.runtime.take_result()
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.runtime.is_finished()
+    }
+
+    /// A looper with nothing in flight and nothing queued can never be woken by a call
+    /// result: finish it rather than hang the request until the client gives up.
+    fn check_progress(&mut self) {
+        let rt = &mut self.runtime;
+        if !rt.is_finished() && rt.in_flight() == 0 && rt.queued() == 0 {
+            rt.finish(
+                Err(ApiError::all_upstreams_failed("no call could be made")),
+                "nothing left to wait for",
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

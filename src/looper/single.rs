@@ -1,0 +1,89 @@
+//! `single`: one model answers; on a failure that another model might not have (5xx, timeout,
+//! connect failure, reset, invalid body, rate limit) the next model in the list is tried.
+
+use super::{Algorithm, Answer, CallId, CallOutcome, FailureKind, Runtime, Stop};
+use crate::config::ModelId;
+use crate::openai::ApiError;
+
+pub struct Single {
+    models: Vec<ModelId>,
+    next: usize,
+    failures: Vec<String>,
+}
+
+impl Single {
+    pub fn new(models: Vec<ModelId>) -> Self {
+        Single {
+            models,
+            next: 0,
+            failures: Vec::new(),
+        }
+    }
+
+    fn try_next(&mut self, rt: &mut Runtime) {
+        let Some(&model) = self.models.get(self.next) else {
+            let detail = format!("all {} models failed", self.models.len());
+            rt.finish(
+                Err(ApiError::all_upstreams_failed(&detail)),
+                format!("failover list exhausted ({})", self.failures.join("; ")),
+            );
+            return;
+        };
+        self.next += 1;
+        let Some(upstream) = rt.config().model(model) else {
+            return self.try_next(rt);
+        };
+        let body = rt.request().upstream_body(&upstream.upstream_model, &[]);
+        if self.next > 1 {
+            rt.failover(model);
+        }
+        match rt.dispatch(model, "answer", body) {
+            Ok(_) => {}
+            Err(Stop::Deadline) => {
+                let deadline_ms = rt.deadline_ms();
+                rt.finish(
+                    Err(ApiError::deadline_exceeded(deadline_ms)),
+                    "request deadline reached",
+                );
+            }
+            Err(stop) => rt.finish(
+                Err(ApiError::all_upstreams_failed(stop.describe())),
+                stop.describe(),
+            ),
+        }
+    }
+}
+
+impl Algorithm for Single {
+    fn start(&mut self, rt: &mut Runtime) {
+        self.try_next(rt);
+    }
+
+    fn on_call_done(&mut self, rt: &mut Runtime, call: CallId, outcome: CallOutcome) {
+        let model = rt.call(call).map(|c| c.model);
+        let alias = model.map_or("?", |m| rt.alias(m)).to_string();
+        match (outcome, model) {
+            (CallOutcome::Ok(completion), Some(model)) => {
+                rt.finish(
+                    Ok(Answer::Upstream { model, completion }),
+                    format!("answered by {alias}"),
+                );
+            }
+            (CallOutcome::Failed { kind, .. }, _) if kind.is_client_error() => {
+                let status = match kind {
+                    FailureKind::Status(s) => s,
+                    _ => 400,
+                };
+                rt.finish(
+                    Err(ApiError::upstream_rejected(status)),
+                    format!("{alias} rejected the request as invalid (HTTP {status})"),
+                );
+            }
+            (CallOutcome::Failed { kind, .. }, _) => {
+                self.failures.push(format!("{alias}: {}", kind.describe()));
+                self.try_next(rt);
+            }
+            (CallOutcome::Ok(_), None) => self.try_next(rt),
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! The one `chat.completion` a client gets back, whatever happened behind the gateway.
+
+use super::upstream::UpstreamCompletion;
+use super::usage::Usage;
+use serde_json::{json, Map, Value};
+
+/// Fields the gateway owns in a reply; everything else an upstream sent (for example
+/// `system_fingerprint`) is carried over.
+const OWNED_FIELDS: &[&str] = &["id", "object", "created", "model", "choices", "usage"];
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FinalCompletion {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    /// `chat.completion` choices, each with `index`, `message`, `logprobs`, `finish_reason`.
+    pub choices: Vec<Value>,
+    pub usage: Usage,
+    pub extra: Map<String, Value>,
+}
+
+impl FinalCompletion {
+    /// The upstream's choices as sent (finish reasons, tool calls and logprobs included), under
+    /// the gateway's id, model name and summed usage.
+    pub fn from_upstream(
+        upstream: UpstreamCompletion,
+        id: String,
+        created: u64,
+        model: String,
+        usage: Usage,
+    ) -> Self {
+        let mut body = upstream.body;
+        let choices = match body.remove("choices") {
+            Some(Value::Array(choices)) => choices,
+            _ => Vec::new(),
+        };
+        for field in OWNED_FIELDS {
+            body.remove(*field);
+        }
+        FinalCompletion {
+            id,
+            created,
+            model,
+            choices,
+            usage,
+            extra: body,
+        }
+    }
+
+    /// The JSON reply, with the optional `looper_trace` object.
+    pub fn to_json(&self, trace: Option<Value>) -> Vec<u8> {
+        let mut obj = self.extra.clone();
+        obj.insert("id".into(), json!(self.id));
+        obj.insert("object".into(), json!("chat.completion"));
+        obj.insert("created".into(), json!(self.created));
+        obj.insert("model".into(), json!(self.model));
+        obj.insert("choices".into(), Value::Array(self.choices.clone()));
+        obj.insert("usage".into(), self.usage.to_json());
+        if let Some(trace) = trace {
+            obj.insert("looper_trace".into(), trace);
+        }
+        Value::Object(obj).to_string().into_bytes()
+    }
+}

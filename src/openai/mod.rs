@@ -1,0 +1,15 @@
+//! The OpenAI chat completions surface: requests, upstream responses, replies, errors, SSE.
+
+pub mod completion;
+pub mod error;
+pub mod models;
+pub mod request;
+pub mod sse;
+pub mod upstream;
+pub mod usage;
+
+pub use completion::FinalCompletion;
+pub use error::ApiError;
+pub use request::{ChatRequest, Edit};
+pub use upstream::{parse_completion, InvalidResponse, UpstreamCompletion};
+pub use usage::Usage;

@@ -1,0 +1,383 @@
+//! The client's chat completion request. It is kept as the client's own JSON object so that
+//! every field the gateway does not understand (`top_k`, `chat_template_kwargs`, `tools`,
+//! provider extensions) reaches the upstream untouched; sub-call bodies are derived by editing
+//! that object, never by re-serialising a typed struct.
+
+use super::error::ApiError;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Map, Value};
+
+/// Hard cap on `n`; OpenAI allows 128.
+pub const MAX_N: u64 = 128;
+
+const ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    body: Map<String, Value>,
+    model: String,
+    stream: bool,
+    include_usage: bool,
+    n: u64,
+}
+
+impl ChatRequest {
+    /// Parses and validates the fields the gateway relies on; everything else is kept as is.
+    pub fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
+        let value: Value = serde_json::from_slice(bytes).map_err(ApiError::invalid_json)?;
+        let Value::Object(body) = value else {
+            return Err(ApiError::invalid_request(
+                "the request body must be a JSON object",
+                None,
+            ));
+        };
+        let model = match body.get("model") {
+            Some(Value::String(m)) if !m.is_empty() => m.clone(),
+            Some(_) => {
+                return Err(ApiError::invalid_request(
+                    "`model` must be a non-empty string",
+                    Some("model"),
+                ))
+            }
+            None => {
+                return Err(ApiError::invalid_request(
+                    "you must provide a `model` parameter",
+                    Some("model"),
+                ))
+            }
+        };
+        validate_messages(body.get("messages"))?;
+        let stream = match body.get("stream") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(ApiError::invalid_request(
+                    "`stream` must be a boolean",
+                    Some("stream"),
+                ))
+            }
+        };
+        let include_usage = match body.get("stream_options") {
+            None | Some(Value::Null) => false,
+            Some(Value::Object(options)) => match options.get("include_usage") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => {
+                    return Err(ApiError::invalid_request(
+                        "`stream_options.include_usage` must be a boolean",
+                        Some("stream_options.include_usage"),
+                    ))
+                }
+            },
+            Some(_) => {
+                return Err(ApiError::invalid_request(
+                    "`stream_options` must be an object",
+                    Some("stream_options"),
+                ))
+            }
+        };
+        let n = match body.get("n") {
+            None | Some(Value::Null) => 1,
+            Some(v) => match v.as_u64() {
+                Some(n) if (1..=MAX_N).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::invalid_request(
+                        format!("`n` must be an integer between 1 and {MAX_N}"),
+                        Some("n"),
+                    ))
+                }
+            },
+        };
+        Ok(ChatRequest {
+            body,
+            model,
+            stream,
+            include_usage,
+            n,
+        })
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    pub fn stream(&self) -> bool {
+        self.stream
+    }
+
+    /// `stream_options.include_usage`: a final usage chunk is wanted.
+    pub fn include_usage(&self) -> bool {
+        self.include_usage
+    }
+
+    pub fn n(&self) -> u64 {
+        self.n
+    }
+
+    pub fn field(&self, key: &str) -> Option<&Value> {
+        self.body.get(key)
+    }
+
+    /// The body of a sub-call to `upstream_model`: the client's JSON with `model` replaced,
+    /// streaming turned off (the gateway reads whole sub-responses) and `edits` applied.
+    pub fn upstream_body(&self, upstream_model: &str, edits: &[(&str, Edit)]) -> Vec<u8> {
+        let model = Value::String(upstream_model.to_string());
+        let mut all: Vec<(&str, Edit)> = Vec::with_capacity(edits.len() + 3);
+        all.push(("model", Edit::Set(&model)));
+        if self.body.contains_key("stream") {
+            all.push(("stream", Edit::Set(&Value::Bool(false))));
+        }
+        all.push(("stream_options", Edit::Remove));
+        for (key, edit) in edits {
+            all.retain(|(k, _)| k != key);
+            all.push((key, *edit));
+        }
+        let edited = Edited {
+            base: &self.body,
+            edits: &all,
+        };
+        // Serialising a map of JSON values cannot fail; an empty body would be refused by the
+        // upstream and reported as a failed call, never a panic.
+        serde_json::to_vec(&edited).unwrap_or_default()
+    }
+}
+
+/// One change applied while serialising a sub-call body.
+#[derive(Clone, Copy, Debug)]
+pub enum Edit<'a> {
+    Set(&'a Value),
+    Remove,
+}
+
+/// Serialises `base` with `edits` applied, without cloning the client's body.
+struct Edited<'a> {
+    base: &'a Map<String, Value>,
+    edits: &'a [(&'a str, Edit<'a>)],
+}
+
+impl Serialize for Edited<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.base {
+            match self.edits.iter().find(|(k, _)| k == key) {
+                Some((_, Edit::Set(v))) => map.serialize_entry(key, v)?,
+                Some((_, Edit::Remove)) => {}
+                None => map.serialize_entry(key, value)?,
+            }
+        }
+        for (key, edit) in self.edits {
+            if let Edit::Set(v) = edit {
+                if !self.base.contains_key(*key) {
+                    map.serialize_entry(key, v)?;
+                }
+            }
+        }
+        map.end()
+    }
+}
+
+fn validate_messages(messages: Option<&Value>) -> Result<(), ApiError> {
+    let Some(messages) = messages else {
+        return Err(ApiError::invalid_request(
+            "you must provide a `messages` parameter",
+            Some("messages"),
+        ));
+    };
+    let Value::Array(items) = messages else {
+        return Err(ApiError::invalid_request(
+            "`messages` must be an array",
+            Some("messages"),
+        ));
+    };
+    if items.is_empty() {
+        return Err(ApiError::invalid_request(
+            "`messages` must contain at least one message",
+            Some("messages"),
+        ));
+    }
+    for (i, message) in items.iter().enumerate() {
+        validate_message(i, message)?;
+    }
+    Ok(())
+}
+
+fn validate_message(i: usize, message: &Value) -> Result<(), ApiError> {
+    let param = |field: &str| format!("messages[{i}]{field}");
+    let Value::Object(message) = message else {
+        return Err(ApiError::invalid_request(
+            format!("`messages[{i}]` must be an object"),
+            Some(&param("")),
+        ));
+    };
+    let role = match message.get("role") {
+        Some(Value::String(role)) if ROLES.contains(&role.as_str()) => role.as_str(),
+        _ => {
+            return Err(ApiError::invalid_request(
+                format!("`messages[{i}].role` must be one of: {}", ROLES.join(", ")),
+                Some(&param(".role")),
+            ))
+        }
+    };
+    match message.get("content") {
+        Some(Value::String(_)) => Ok(()),
+        Some(Value::Array(parts)) => {
+            for (j, part) in parts.iter().enumerate() {
+                let ok = match part {
+                    Value::Object(p) => match p.get("type") {
+                        Some(Value::String(t)) if t == "text" => {
+                            matches!(p.get("text"), Some(Value::String(_)))
+                        }
+                        Some(Value::String(_)) => true,
+                        _ => false,
+                    },
+                    _ => false,
+                };
+                if !ok {
+                    return Err(ApiError::invalid_request(
+                        format!(
+                            "`messages[{i}].content[{j}]` must be an object with a string \
+                             `type` (and a string `text` for text parts)"
+                        ),
+                        Some(&param(&format!(".content[{j}]"))),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        // Assistant turns that only call tools, and tool/function results, may omit content.
+        None | Some(Value::Null) if matches!(role, "assistant" | "tool" | "function") => Ok(()),
+        _ => Err(ApiError::invalid_request(
+            format!("`messages[{i}].content` must be a string or an array of content parts"),
+            Some(&param(".content")),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<ChatRequest, ApiError> {
+        ChatRequest::parse(v.to_string().as_bytes())
+    }
+
+    fn user(text: &str) -> Value {
+        json!([{"role": "user", "content": text}])
+    }
+
+    #[test]
+    fn accepts_string_and_part_content() {
+        let r = parse(json!({"model": "m", "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hi"},
+                                          {"type": "image_url", "image_url": {"url": "x"}}]},
+            {"role": "assistant", "content": null, "tool_calls": []},
+        ]}))
+        .unwrap();
+        assert_eq!(r.model(), "m");
+        assert!(!r.stream());
+        assert_eq!(r.n(), 1);
+    }
+
+    #[test]
+    fn rejects_bad_inputs_with_param() {
+        let cases = [
+            (json!({"messages": user("x")}), "model"),
+            (json!({"model": 3, "messages": user("x")}), "model"),
+            (json!({"model": "m"}), "messages"),
+            (json!({"model": "m", "messages": []}), "messages"),
+            (json!({"model": "m", "messages": "hi"}), "messages"),
+            (json!({"model": "m", "messages": [1]}), "messages[0]"),
+            (
+                json!({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}),
+                "messages[0].role",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": 5}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user"}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text"}]}]}),
+                "messages[0].content[0]",
+            ),
+            (
+                json!({"model": "m", "messages": user("x"), "stream": "yes"}),
+                "stream",
+            ),
+            (
+                json!({"model": "m", "messages": user("x"), "stream_options": {"include_usage": 1}}),
+                "stream_options.include_usage",
+            ),
+            (json!({"model": "m", "messages": user("x"), "n": 0}), "n"),
+            (json!({"model": "m", "messages": user("x"), "n": 1.5}), "n"),
+        ];
+        for (body, param) in cases {
+            let err = parse(body.clone()).unwrap_err();
+            assert_eq!(err.status, 400, "{body}");
+            assert_eq!(err.param.as_deref(), Some(param), "{body}");
+        }
+    }
+
+    #[test]
+    fn malformed_json_and_non_objects_are_400() {
+        for bytes in [&b"{"[..], b"[]", b"null", b"\xff\xfe", b""] {
+            let err = ChatRequest::parse(bytes).unwrap_err();
+            assert_eq!(err.status, 400);
+        }
+    }
+
+    #[test]
+    fn upstream_body_keeps_unknown_fields_and_edits_model_and_stream() {
+        let r = parse(json!({
+            "model": "vllm-sr/auto", "messages": user("hi"), "stream": true,
+            "stream_options": {"include_usage": true}, "top_k": 5,
+            "chat_template_kwargs": {"thinking": true}, "tools": [{"type": "function"}]
+        }))
+        .unwrap();
+        assert!(r.stream() && r.include_usage());
+        let body: Value = serde_json::from_slice(&r.upstream_body("small-1", &[])).unwrap();
+        assert_eq!(body["model"], "small-1");
+        assert_eq!(body["stream"], false);
+        assert!(body.get("stream_options").is_none());
+        assert_eq!(body["top_k"], 5);
+        assert_eq!(body["chat_template_kwargs"]["thinking"], true);
+        assert_eq!(body["tools"][0]["type"], "function");
+        assert_eq!(body["messages"][0]["content"], "hi");
+    }
+
+    #[test]
+    fn edits_override_set_and_remove() {
+        let r = parse(json!({"model": "v", "messages": user("hi"), "temperature": 0.2})).unwrap();
+        let t = json!(1.0);
+        let body: Value = serde_json::from_slice(&r.upstream_body(
+            "u",
+            &[
+                ("temperature", Edit::Set(&t)),
+                ("logprobs", Edit::Set(&Value::Bool(true))),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(body["temperature"], 1.0);
+        assert_eq!(body["logprobs"], true);
+        assert!(
+            body.get("stream").is_none(),
+            "no stream key added when absent"
+        );
+        let body: Value =
+            serde_json::from_slice(&r.upstream_body("u", &[("temperature", Edit::Remove)]))
+                .unwrap();
+        assert!(body.get("temperature").is_none());
+    }
+}

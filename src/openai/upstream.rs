@@ -1,0 +1,151 @@
+//! Reading what an upstream model sent back. Upstream bodies are untrusted: anything that is
+//! not a well-formed chat completion is an invalid response (the call failed), never a panic.
+
+use super::usage::Usage;
+use serde_json::{Map, Value};
+
+/// A well-formed upstream `chat.completion`, kept as JSON so a `single` recipe can return the
+/// upstream's choices (tool calls, logprobs, refusals) exactly as sent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpstreamCompletion {
+    pub body: Map<String, Value>,
+    pub usage: Option<Usage>,
+}
+
+/// Why an upstream 2xx body could not be used; the usage it reported still counts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InvalidResponse {
+    pub reason: &'static str,
+    pub usage: Option<Usage>,
+}
+
+impl UpstreamCompletion {
+    pub fn choices(&self) -> &[Value] {
+        self.body
+            .get("choices")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// The text of the first choice, when it is a string.
+    pub fn content(&self) -> Option<&str> {
+        self.choices()
+            .first()?
+            .get("message")?
+            .get("content")?
+            .as_str()
+    }
+
+    pub fn finish_reason(&self) -> Option<&str> {
+        self.choices().first()?.get("finish_reason")?.as_str()
+    }
+}
+
+/// Parses a 2xx body into a completion.
+pub fn parse_completion(bytes: &[u8]) -> Result<UpstreamCompletion, InvalidResponse> {
+    let value: Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(_) => {
+            return Err(InvalidResponse {
+                reason: "body is not valid JSON",
+                usage: None,
+            })
+        }
+    };
+    let Value::Object(body) = value else {
+        return Err(InvalidResponse {
+            reason: "body is not a JSON object",
+            usage: None,
+        });
+    };
+    let usage = body.get("usage").and_then(Usage::from_json);
+    let invalid = |reason| Err(InvalidResponse { reason, usage });
+    let Some(Value::Array(choices)) = body.get("choices") else {
+        return invalid("`choices` is missing");
+    };
+    if choices.is_empty() {
+        return invalid("`choices` is empty");
+    }
+    for choice in choices {
+        let Some(message) = choice.get("message").and_then(Value::as_object) else {
+            return invalid("a choice has no `message` object");
+        };
+        if !matches!(
+            message.get("content"),
+            None | Some(Value::Null) | Some(Value::String(_)) | Some(Value::Array(_))
+        ) {
+            return invalid("a message `content` is neither text nor null");
+        }
+        if !matches!(
+            choice.get("finish_reason"),
+            None | Some(Value::Null) | Some(Value::String(_))
+        ) {
+            return invalid("a `finish_reason` is not a string");
+        }
+    }
+    Ok(UpstreamCompletion { body, usage })
+}
+
+/// The usage reported in any JSON body (error replies of some providers include it).
+pub fn usage_in(bytes: &[u8]) -> Option<Usage> {
+    let value: Value = serde_json::from_slice(bytes).ok()?;
+    Usage::from_json(value.get("usage")?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn completion(content: Value) -> Vec<u8> {
+        json!({"id": "x", "object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": content},
+             "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn reads_content_finish_reason_and_usage() {
+        let c = parse_completion(&completion(json!("hello"))).unwrap();
+        assert_eq!(c.content(), Some("hello"));
+        assert_eq!(c.finish_reason(), Some("length"));
+        assert_eq!(c.usage.unwrap().total_tokens, 7);
+    }
+
+    #[test]
+    fn invalid_bodies_are_errors_that_keep_usage() {
+        let cases: Vec<(Vec<u8>, bool)> = vec![
+            (b"not json".to_vec(), false),
+            (b"{\"choices\": [".to_vec(), false),
+            (b"\xff\xfe{}".to_vec(), false),
+            (b"[1,2]".to_vec(), false),
+            (json!({"unexpected": true}).to_string().into_bytes(), false),
+            (
+                json!({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 0}})
+                    .to_string()
+                    .into_bytes(),
+                true,
+            ),
+            (json!({"choices": [1]}).to_string().into_bytes(), false),
+            (completion(json!(5)), true),
+        ];
+        for (bytes, has_usage) in cases {
+            let err = parse_completion(&bytes).unwrap_err();
+            assert_eq!(
+                err.usage.is_some(),
+                has_usage,
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn usage_in_error_bodies() {
+        assert!(usage_in(b"{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}").is_some());
+        assert!(usage_in(b"oops").is_none());
+    }
+}
