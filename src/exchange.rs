@@ -253,11 +253,7 @@ impl Exchange {
             }
         };
         let config = Rc::clone(self.gateway.config());
-        let Some(virtual_index) = config
-            .virtual_models
-            .iter()
-            .position(|v| v.name == request.model())
-        else {
+        let Some(virtual_index) = config.virtual_model_index(request.model()) else {
             if config.is_unknown_virtual(request.model()) {
                 self.reply_error(&ApiError::model_not_found(request.model()));
                 return Flow::Pause;

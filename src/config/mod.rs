@@ -184,9 +184,12 @@ impl Config {
     }
 
     pub fn virtual_model(&self, name: &str) -> Option<&VirtualModel> {
-        self.virtual_index
-            .get(name)
-            .and_then(|&i| self.virtual_models.get(i))
+        self.virtual_models.get(self.virtual_model_index(name)?)
+    }
+
+    /// Position of `name` in [`Config::virtual_models`].
+    pub fn virtual_model_index(&self, name: &str) -> Option<usize> {
+        self.virtual_index.get(name).copied()
     }
 
     /// True when `name` is not configured but sits in a virtual namespace (e.g. `vllm-sr/typo`).

@@ -9,7 +9,8 @@ use serde_json::{json, Map, Value};
 pub const DELTA_BYTES: usize = 32;
 
 /// Splits `text` into pieces of at most `max` bytes (more when one character is longer),
-/// each on a character boundary.
+/// each on a character boundary, preferring to end a piece after a space so deltas look like
+/// the word-sized tokens a model would stream.
 pub fn split_utf8(text: &str, max: usize) -> Vec<&str> {
     let mut pieces = Vec::with_capacity(text.len() / max.max(1) + 1);
     let mut rest = text;
@@ -17,6 +18,13 @@ pub fn split_utf8(text: &str, max: usize) -> Vec<&str> {
         let mut end = max.min(rest.len());
         while end < rest.len() && !rest.is_char_boundary(end) {
             end -= 1;
+        }
+        if end < rest.len() {
+            if let Some(space) = rest.get(..end).and_then(|head| head.rfind(' ')) {
+                if space > 0 {
+                    end = space + 1;
+                }
+            }
         }
         if end == 0 {
             // A character longer than `max`: emit it whole.
@@ -204,11 +212,13 @@ mod tests {
     #[test]
     fn split_never_cuts_a_character() {
         let text = "naïve café 日本語 🙂 Ωmega".repeat(5);
-        for max in 1..9 {
+        for max in 1..40 {
             let pieces = split_utf8(&text, max);
             assert_eq!(pieces.concat(), text);
             assert!(pieces.iter().all(|p| !p.is_empty()));
+            assert!(pieces.iter().all(|p| p.len() <= max.max(4)));
         }
+        assert_eq!(split_utf8("ab cd ef", 5), vec!["ab ", "cd ef"]);
         assert!(split_utf8("", 4).is_empty());
     }
 
