@@ -1,0 +1,358 @@
+//! The simulator's JSON config: parsing, defaults and validation.
+//!
+//! Parsing is hand-written over `serde_json::Value` (no serde derive, which
+//! keeps compile times down) with a small [`Fields`] helper that tracks which
+//! keys were consumed, so any unknown key is reported with its full path
+//! (`models.sim-small.failure_rates.foo`). To add a setting: add a struct
+//! field, read it in the matching `parse_*` function, document it in the
+//! README. Nested objects get their own struct and `parse_*` function.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::faults::{FailureRates, FaultKind};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub seed: u64,
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// Fixed delay before answering.
+    pub latency_ms: u64,
+    /// Plus a uniform draw from `[0, latency_jitter_ms]`.
+    pub latency_jitter_ms: u64,
+    /// Delay before each token chunk of a stream.
+    pub token_latency_ms: u64,
+    /// Words in a generated answer (after the `[model]` prefix word).
+    pub answer_words: u64,
+    /// Whether the model returns logprobs when asked.
+    pub logprobs: bool,
+    /// Centre (mean) of generated token logprobs; `<= 0`.
+    pub mean_logprob: f64,
+    /// How long a `hang` fault holds the request.
+    pub hang_ms: u64,
+    /// `slow` fault: bytes per write.
+    pub slow_chunk_bytes: u64,
+    /// `slow` fault: pause between writes.
+    pub slow_interval_ms: u64,
+    pub failure_rates: FailureRates,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            latency_ms: 0,
+            latency_jitter_ms: 0,
+            token_latency_ms: 0,
+            answer_words: 12,
+            logprobs: true,
+            mean_logprob: -0.3,
+            hang_ms: 120_000,
+            slow_chunk_bytes: 10,
+            slow_interval_ms: 50,
+            failure_rates: FailureRates::new(),
+        }
+    }
+}
+
+/// A config problem, always naming the offending field path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "invalid config: {}", self.message)
+        } else {
+            write!(f, "invalid config at `{}`: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(path: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.to_string(),
+        message: message.into(),
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Upper bound for any millisecond setting (one day), so sums cannot
+/// overflow and typos like `1e12` are caught.
+const MAX_MS: u64 = 86_400_000;
+/// Upper bound for `answer_words`.
+const MAX_ANSWER_WORDS: u64 = 1_000_000;
+
+impl Config {
+    pub fn from_json_str(text: &str) -> Result<Config, ConfigError> {
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| err("", format!("not valid JSON: {e}")))?;
+        Config::from_value(&value)
+    }
+
+    pub fn from_value(value: &Value) -> Result<Config, ConfigError> {
+        let mut f = Fields::new("", value)?;
+        let seed = f.u64("seed", 0, u64::MAX)?;
+        let models_path = f.path_of("models");
+        let models_value = f
+            .take("models")
+            .ok_or_else(|| err(&models_path, "missing required field"))?;
+        let models_map = models_value
+            .as_object()
+            .ok_or_else(|| err(&models_path, "expected an object of model name -> settings"))?;
+        if models_map.is_empty() {
+            return Err(err(&models_path, "at least one model is required"));
+        }
+        let mut models = BTreeMap::new();
+        for (name, v) in models_map {
+            let path = join(&models_path, name);
+            validate_model_name(&path, name)?;
+            models.insert(name.clone(), parse_model(&path, v)?);
+        }
+        f.finish()?;
+        Ok(Config { seed, models })
+    }
+}
+
+fn validate_model_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > 256 {
+        return Err(err(path, "model names must be 1..=256 bytes"));
+    }
+    // `]` would end a `[sim:...@MODEL=...]` directive early and `=` would
+    // split it in the wrong place.
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '[' | ']' | '='))
+    {
+        return Err(err(
+            path,
+            format!(
+                "model name contains {c:?}; whitespace, control characters, '[', ']' and '=' are not allowed"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_model(path: &str, v: &Value) -> Result<ModelConfig, ConfigError> {
+    let d = ModelConfig::default();
+    let mut f = Fields::new(path, v)?;
+    let mut m = ModelConfig {
+        latency_ms: f.u64("latency_ms", d.latency_ms, MAX_MS)?,
+        latency_jitter_ms: f.u64("latency_jitter_ms", d.latency_jitter_ms, MAX_MS)?,
+        token_latency_ms: f.u64("token_latency_ms", d.token_latency_ms, MAX_MS)?,
+        answer_words: f.u64("answer_words", d.answer_words, MAX_ANSWER_WORDS)?,
+        logprobs: f.bool("logprobs", d.logprobs)?,
+        mean_logprob: f.f64("mean_logprob", d.mean_logprob)?,
+        hang_ms: f.u64("hang_ms", d.hang_ms, MAX_MS)?,
+        slow_chunk_bytes: f.u64("slow_chunk_bytes", d.slow_chunk_bytes, 1 << 20)?,
+        slow_interval_ms: f.u64("slow_interval_ms", d.slow_interval_ms, 60_000)?,
+        failure_rates: FailureRates::new(),
+    };
+    if !(-50.0..=0.0).contains(&m.mean_logprob) {
+        return Err(err(
+            &f.path_of("mean_logprob"),
+            "must be between -50 and 0 inclusive",
+        ));
+    }
+    if m.slow_chunk_bytes == 0 {
+        return Err(err(&f.path_of("slow_chunk_bytes"), "must be at least 1"));
+    }
+    if let Some(rates) = f.take("failure_rates") {
+        m.failure_rates = parse_rates(&f.path_of("failure_rates"), rates)?;
+    }
+    f.finish()?;
+    Ok(m)
+}
+
+fn parse_rates(path: &str, v: &Value) -> Result<FailureRates, ConfigError> {
+    let mut f = Fields::new(path, v)?;
+    let mut rates = FailureRates::new();
+    let mut sum = 0.0;
+    for kind in FaultKind::ALL {
+        let p = f.f64(kind.name(), 0.0)?;
+        if !(0.0..=1.0).contains(&p) {
+            return Err(err(
+                &f.path_of(kind.name()),
+                "must be a probability in [0, 1]",
+            ));
+        }
+        if p > 0.0 {
+            rates.insert(kind, p);
+            sum += p;
+        }
+    }
+    f.finish()?;
+    if sum > 1.0 + 1e-9 {
+        return Err(err(
+            path,
+            format!("rates sum to {sum}, which is more than 1"),
+        ));
+    }
+    Ok(rates)
+}
+
+/// Reads the fields of one JSON object, remembering which were used so
+/// that [`Fields::finish`] can reject unknown ones. `null` counts as absent.
+struct Fields<'a> {
+    path: String,
+    map: &'a Map<String, Value>,
+    known: Vec<&'static str>,
+}
+
+impl<'a> Fields<'a> {
+    fn new(path: &str, v: &'a Value) -> Result<Self, ConfigError> {
+        let map = v
+            .as_object()
+            .ok_or_else(|| err(path, "expected a JSON object"))?;
+        Ok(Fields {
+            path: path.to_string(),
+            map,
+            known: Vec::new(),
+        })
+    }
+
+    fn path_of(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
+
+    fn take(&mut self, key: &'static str) -> Option<&'a Value> {
+        self.known.push(key);
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn u64(&mut self, key: &'static str, default: u64, max: u64) -> Result<u64, ConfigError> {
+        match self.take(key) {
+            None => Ok(default),
+            Some(v) => match v.as_u64() {
+                Some(n) if n <= max => Ok(n),
+                Some(_) => Err(err(&self.path_of(key), format!("must be at most {max}"))),
+                None => Err(err(&self.path_of(key), "expected a non-negative integer")),
+            },
+        }
+    }
+
+    fn f64(&mut self, key: &'static str, default: f64) -> Result<f64, ConfigError> {
+        match self.take(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| err(&self.path_of(key), "expected a number")),
+        }
+    }
+
+    fn bool(&mut self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.take(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| err(&self.path_of(key), "expected true or false")),
+        }
+    }
+
+    fn finish(self) -> Result<(), ConfigError> {
+        let mut unknown: Vec<&String> = self
+            .map
+            .keys()
+            .filter(|k| !self.known.contains(&k.as_str()))
+            .collect();
+        unknown.sort();
+        match unknown.first() {
+            None => Ok(()),
+            Some(key) => Err(err(
+                &self.path_of(key),
+                format!("unknown field (known fields: {})", self.known.join(", ")),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::from_json_str(r#"{"models":{"m":{}}}"#).unwrap();
+        assert_eq!(c.seed, 0);
+        assert_eq!(c.models["m"], ModelConfig::default());
+    }
+
+    #[test]
+    fn full_model_parses() {
+        let c = Config::from_json_str(
+            r#"{"seed":7,"models":{"m":{"latency_ms":5,"latency_jitter_ms":2,
+            "token_latency_ms":1,"answer_words":3,"logprobs":false,"mean_logprob":-1.5,
+            "hang_ms":10,"slow_chunk_bytes":4,"slow_interval_ms":1,
+            "failure_rates":{"status_500":0.1,"hang":0.2,"huge":0.0}}}}"#,
+        )
+        .unwrap();
+        let m = &c.models["m"];
+        assert_eq!(c.seed, 7);
+        assert_eq!(m.latency_ms, 5);
+        assert!(!m.logprobs);
+        assert_eq!(m.failure_rates.len(), 2);
+        assert_eq!(m.failure_rates[&FaultKind::Hang], 0.2);
+    }
+
+    fn error_path(text: &str) -> String {
+        Config::from_json_str(text).unwrap_err().path
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(
+            error_path(r#"{"models":{"m":{"failure_rates":{"foo":1}}}}"#),
+            "models.m.failure_rates.foo"
+        );
+        assert_eq!(
+            error_path(r#"{"models":{"m":{"latency":1}}}"#),
+            "models.m.latency"
+        );
+        assert_eq!(error_path(r#"{"modls":{}, "models":{"m":{}}}"#), "modls");
+        assert_eq!(error_path(r#"{"seed":-1,"models":{"m":{}}}"#), "seed");
+        assert_eq!(
+            error_path(r#"{"models":{"m":{"latency_ms":1.5}}}"#),
+            "models.m.latency_ms"
+        );
+        assert_eq!(
+            error_path(r#"{"models":{"m":{"mean_logprob":0.5}}}"#),
+            "models.m.mean_logprob"
+        );
+        assert_eq!(
+            error_path(r#"{"models":{"m":{"logprobs":"yes"}}}"#),
+            "models.m.logprobs"
+        );
+        assert_eq!(
+            error_path(r#"{"models":{"m":{"failure_rates":{"hang":1.5}}}}"#),
+            "models.m.failure_rates.hang"
+        );
+        assert_eq!(
+            error_path(r#"{"models":{"m":{"failure_rates":{"hang":0.6,"reset":0.6}}}}"#),
+            "models.m.failure_rates"
+        );
+        assert_eq!(error_path(r#"{"models":{"a b":{}}}"#), "models.a b");
+        assert_eq!(error_path(r#"{"models":{}}"#), "models");
+        assert_eq!(error_path(r#"{}"#), "models");
+        assert_eq!(error_path(r#"[]"#), "");
+        assert_eq!(error_path(r#"{"models":{"m":[]}}"#), "models.m");
+    }
+}

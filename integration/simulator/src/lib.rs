@@ -1,0 +1,25 @@
+//! looper-sim: a deterministic, fault-injecting, OpenAI-compatible model
+//! simulator for Looper's end-to-end tests and benchmarks.
+//!
+//! Module map:
+//! - [`config`]: the JSON config and its validation;
+//! - [`http`]: a minimal defensive HTTP/1.1 server layer;
+//! - [`completion`]: request validation, answer generation, JSON/SSE rendering;
+//! - [`directives`]: `[sim:...]` directives in message text;
+//! - [`faults`]: fault kinds and the `failure_rates` draw;
+//! - [`stats`]: `/sim/stats` counters;
+//! - [`server`]: listener, routing and the chat handler;
+//! - [`rng`]: stable hashing and PRNG.
+
+pub mod completion;
+pub mod config;
+pub mod directives;
+pub mod error;
+pub mod faults;
+pub mod http;
+pub mod rng;
+pub mod server;
+pub mod stats;
+
+pub use config::{Config, ConfigError, ModelConfig};
+pub use server::Server;

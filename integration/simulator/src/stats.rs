@@ -1,0 +1,164 @@
+//! Counters served by `GET /sim/stats` and zeroed by `POST /sim/reset`.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use serde_json::{json, Map, Value};
+
+use crate::completion::Usage;
+use crate::faults::FaultKind;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelStats {
+    /// Valid chat requests routed to this model (also the per-model counter
+    /// that seeds the `failure_rates` draw).
+    pub requests: u64,
+    /// Responses sent completely, with status 200 and no fault.
+    pub ok_responses: u64,
+    /// Sums of the `usage` actually sent (including a stream's usage chunk).
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Requests whose client went away before the response was fully sent
+    /// (during latency, a hang, a slow drip or a stream).
+    pub cancelled: u64,
+    pub faults: BTreeMap<FaultKind, u64>,
+}
+
+impl ModelStats {
+    fn add(&mut self, other: &ModelStats) {
+        self.requests += other.requests;
+        self.ok_responses += other.ok_responses;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.cancelled += other.cancelled;
+        for (k, v) in &other.faults {
+            *self.faults.entry(*k).or_default() += v;
+        }
+    }
+
+    fn to_json(&self) -> Map<String, Value> {
+        let faults: Map<String, Value> = FaultKind::ALL
+            .iter()
+            .map(|k| {
+                (
+                    k.name().to_string(),
+                    json!(self.faults.get(k).copied().unwrap_or(0)),
+                )
+            })
+            .collect();
+        let mut m = Map::new();
+        m.insert("requests".into(), json!(self.requests));
+        m.insert("ok_responses".into(), json!(self.ok_responses));
+        m.insert("prompt_tokens".into(), json!(self.prompt_tokens));
+        m.insert("completion_tokens".into(), json!(self.completion_tokens));
+        m.insert("cancelled".into(), json!(self.cancelled));
+        m.insert("faults".into(), Value::Object(faults));
+        m
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    models: BTreeMap<String, ModelStats>,
+    /// Chat requests rejected before reaching a model (400/404).
+    rejected: u64,
+}
+
+/// Thread-safe stats. A poisoned lock is recovered, never propagated.
+#[derive(Debug, Default)]
+pub struct Stats {
+    inner: Mutex<Inner>,
+}
+
+impl Stats {
+    pub fn new<'a>(models: impl IntoIterator<Item = &'a String>) -> Self {
+        let stats = Stats::default();
+        stats.lock().models = models
+            .into_iter()
+            .map(|m| (m.clone(), ModelStats::default()))
+            .collect();
+        stats
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with_model(&self, model: &str, f: impl FnOnce(&mut ModelStats)) {
+        let mut inner = self.lock();
+        if let Some(m) = inner.models.get_mut(model) {
+            f(m);
+        }
+    }
+
+    /// Counts a request and returns the model's previous request count.
+    pub fn begin_request(&self, model: &str) -> u64 {
+        let mut counter = 0;
+        self.with_model(model, |m| {
+            counter = m.requests;
+            m.requests += 1;
+        });
+        counter
+    }
+
+    pub fn fault(&self, model: &str, kind: FaultKind) {
+        self.with_model(model, |m| *m.faults.entry(kind).or_default() += 1);
+    }
+
+    pub fn cancelled(&self, model: &str) {
+        self.with_model(model, |m| m.cancelled += 1);
+    }
+
+    /// Records a response about to be completed: the usage it reports (if
+    /// any) and whether it counts as ok.
+    pub fn commit(&self, model: &str, usage: Option<Usage>, ok: bool) {
+        self.with_model(model, |m| {
+            if let Some(u) = usage {
+                m.prompt_tokens = m.prompt_tokens.saturating_add(u.prompt_tokens);
+                m.completion_tokens = m.completion_tokens.saturating_add(u.completion_tokens);
+            }
+            m.ok_responses += u64::from(ok);
+        });
+    }
+
+    /// Takes back a [`Stats::commit`] whose response could not be sent.
+    pub fn uncommit(&self, model: &str, usage: Option<Usage>, ok: bool) {
+        self.with_model(model, |m| {
+            if let Some(u) = usage {
+                m.prompt_tokens = m.prompt_tokens.saturating_sub(u.prompt_tokens);
+                m.completion_tokens = m.completion_tokens.saturating_sub(u.completion_tokens);
+            }
+            m.ok_responses = m.ok_responses.saturating_sub(u64::from(ok));
+        });
+    }
+
+    pub fn rejected(&self) {
+        self.lock().rejected += 1;
+    }
+
+    pub fn reset(&self) {
+        let mut inner = self.lock();
+        for m in inner.models.values_mut() {
+            *m = ModelStats::default();
+        }
+        inner.rejected = 0;
+    }
+
+    pub fn snapshot(&self, model: &str) -> Option<ModelStats> {
+        self.lock().models.get(model).cloned()
+    }
+
+    /// `{"models": {name: {...}}, "totals": {..., "rejected": n}}`.
+    pub fn to_json(&self) -> Value {
+        let inner = self.lock();
+        let mut totals = ModelStats::default();
+        let mut models = Map::new();
+        for (name, m) in &inner.models {
+            totals.add(m);
+            models.insert(name.clone(), Value::Object(m.to_json()));
+        }
+        let mut totals = totals.to_json();
+        totals.insert("rejected".into(), json!(inner.rejected));
+        json!({"models": models, "totals": totals})
+    }
+}
