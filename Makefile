@@ -1,0 +1,64 @@
+# Looper: `make run` serves the virtual models locally; `make test` runs every test layer.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV      := .venv
+PYTHON    := $(VENV)/bin/python
+ENVOY     := $(VENV)/bin/envoy
+WASM      := target/wasm32-wasip1/release/looper.wasm
+SIM       := target/release/looper-sim
+REQS      := integration/e2e/requirements.txt
+CARGO     ?= cargo
+
+.PHONY: help deps wasm-target build run test lint unit host-test e2e clean
+
+help:
+	@echo "make run    build the plugin and simulator, start them behind Envoy on 127.0.0.1:10000"
+	@echo "make test   every test: lint, native unit tests, wasmtime host tests, real-Envoy end-to-end"
+	@echo "make build  build $(WASM) and the simulator"
+	@echo "make clean  remove build outputs and the Python venv"
+
+# --- dependencies: installed when missing -------------------------------------------------
+
+wasm-target:
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+# Envoy (with its V8 wasm runtime), the openai client and pytest live in a git-ignored venv.
+$(VENV)/.installed: $(REQS)
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r $(REQS)
+	@touch $@
+
+deps: wasm-target $(VENV)/.installed
+
+# --- build ----------------------------------------------------------------------------------
+
+build: deps
+	$(CARGO) build --release --target wasm32-wasip1 -p looper
+	$(CARGO) build --release -p looper-sim
+
+run: build
+	integration/run.sh
+
+# --- tests ----------------------------------------------------------------------------------
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --release --target wasm32-wasip1 -p looper -- -D warnings
+	$(CARGO) clippy -p looper-sim -p looper-host --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test -p looper -p looper-sim
+
+host-test: build
+	$(CARGO) test -p looper-host
+
+e2e: build
+	$(PYTHON) -m pytest -q integration/e2e
+
+test: build lint unit host-test e2e
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV) .run
