@@ -150,13 +150,17 @@ impl Filter {
                     call,
                     cluster,
                     headers,
+                    credential,
                     body,
                     timeout_ms,
                 } => {
-                    let headers: Vec<(&str, &str)> = headers
+                    let mut headers: Vec<(&str, &str)> = headers
                         .iter()
                         .map(|(k, v)| (k.as_str(), v.as_str()))
                         .collect();
+                    if let Some((name, value)) = &credential {
+                        headers.push((name.as_str(), value.expose()));
+                    }
                     match hostcalls::dispatch_http_call(
                         &cluster,
                         headers,
@@ -282,6 +286,16 @@ impl HttpContext for Filter {
         };
         let now = self.clock.now();
         let flow = exchange.on_request_body(body_size, &new_bytes, end_of_stream, now);
+        self.drain();
+        Self::flow(flow)
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return Action::Continue;
+        };
+        let now = self.clock.now();
+        let flow = exchange.on_request_trailers(now);
         self.drain();
         Self::flow(flow)
     }

@@ -3,7 +3,7 @@
 //! JSON or SSE with the `x-looper-*` headers. Plain Rust: the adapter feeds it host events and
 //! carries out the [`Command`]s it returns.
 
-use crate::config::{ModelId, ReplyModelName};
+use crate::config::{ModelId, ReplyModelName, Secret};
 use crate::gateway::Gateway;
 use crate::looper::{Answer, CallId, CallResult, Looper, LooperCommand};
 use crate::metrics::{Global, MetricId};
@@ -33,6 +33,8 @@ pub enum Command {
         call: CallId,
         cluster: String,
         headers: Vec<(String, String)>,
+        /// The credential header, kept apart so that no `Debug` output or log shows it.
+        credential: Option<(String, Secret)>,
         body: Vec<u8>,
         timeout_ms: u64,
     },
@@ -59,15 +61,21 @@ enum State {
     /// Waiting for request headers.
     New,
     /// A chat completion request whose body is arriving.
-    Buffering {
-        scanner: ModelScanner,
-        body: Vec<u8>,
-    },
+    Buffering(Box<Buffering>),
     /// Released to the normal route; nothing more to do.
     PassThrough,
     Running(Box<Running>),
     /// A reply was produced.
     Done,
+}
+
+struct Buffering {
+    scanner: ModelScanner,
+    /// The body so far; dropped once it passes the limit (the scan goes on without it).
+    body: Vec<u8>,
+    /// Bytes of the host's buffer already read.
+    seen: usize,
+    over_limit: bool,
 }
 
 struct Running {
@@ -145,10 +153,12 @@ impl Exchange {
                 self.reply_error(&ApiError::invalid_request("the request has no body", None));
                 return Flow::Pause;
             }
-            self.state = State::Buffering {
+            self.state = State::Buffering(Box::new(Buffering {
                 scanner: ModelScanner::default(),
                 body: Vec::new(),
-            };
+                seen: 0,
+                over_limit: false,
+            }));
             return Flow::Pause;
         }
         if head.method == b"GET" {
@@ -180,20 +190,20 @@ impl Exchange {
     }
 
     /// Where the adapter should read new body bytes from, given the host's buffered total;
-    /// `None` when the body is not needed (pass-through, or over the limit).
+    /// `None` when the body is not needed any more (passed through or answered).
     pub fn body_read_range(&self, total: usize) -> Option<(usize, usize)> {
         match &self.state {
-            State::Buffering { body, .. }
-                if total <= self.gateway.config().limits.max_body_bytes =>
-            {
-                Some((body.len(), total.saturating_sub(body.len())))
-            }
+            State::Buffering(b) => Some((b.seen, total.saturating_sub(b.seen))),
             _ => None,
         }
     }
 
     /// Feeds the bytes read from [`Exchange::body_read_range`] (`new_bytes`) and the host's
     /// buffered total.
+    ///
+    /// The body is kept only up to `limits.max_body_bytes`; past it the scan for `model` goes
+    /// on, so a large request for a model the plugin does not serve still passes through,
+    /// while one for a virtual model gets a 413.
     pub fn on_request_body(
         &mut self,
         total: usize,
@@ -201,19 +211,24 @@ impl Exchange {
         end_of_stream: bool,
         now: Millis,
     ) -> Flow {
-        let State::Buffering { scanner, body } = &mut self.state else {
+        let State::Buffering(buffering) = &mut self.state else {
             return match self.state {
                 State::PassThrough | State::New => Flow::Continue,
                 _ => Flow::Pause,
             };
         };
         let limit = self.gateway.config().limits.max_body_bytes;
-        if total > limit || body.len().saturating_add(new_bytes.len()) > limit {
-            self.reply_error(&ApiError::body_too_large(limit));
-            return Flow::Pause;
+        buffering.seen = buffering.seen.saturating_add(new_bytes.len());
+        if !buffering.over_limit {
+            if buffering.seen.max(total) > limit {
+                buffering.over_limit = true;
+                buffering.body = Vec::new();
+            } else {
+                buffering.body.extend_from_slice(new_bytes);
+            }
         }
-        body.extend_from_slice(new_bytes);
-        let scan = scanner.feed(new_bytes).clone();
+        let over_limit = buffering.over_limit;
+        let scan = buffering.scanner.feed(new_bytes).clone();
         let config = self.gateway.config();
         match scan {
             Scan::Model(name) if config.virtual_model(&name).is_none() => {
@@ -228,13 +243,34 @@ impl Exchange {
                 self.pass_through();
                 return Flow::Continue;
             }
+            Scan::Model(_) | Scan::Unknown if over_limit => {
+                self.reply_error(&ApiError::body_too_large(limit));
+                return Flow::Pause;
+            }
             _ => {}
         }
         if !end_of_stream {
             return Flow::Pause;
         }
-        let body = std::mem::take(body);
+        if over_limit {
+            self.reply_error(&ApiError::body_too_large(limit));
+            return Flow::Pause;
+        }
+        let body = std::mem::take(&mut buffering.body);
         self.start(&body, now)
+    }
+
+    /// Request trailers end the body (HTTP/2, chunked encoding with trailers): the last body
+    /// callback did not say end of stream.
+    pub fn on_request_trailers(&mut self, now: Millis) -> Flow {
+        match &self.state {
+            State::Buffering(b) => {
+                let total = b.seen;
+                self.on_request_body(total, &[], true, now)
+            }
+            State::PassThrough | State::New => Flow::Continue,
+            _ => Flow::Pause,
+        }
     }
 
     fn pass_through(&mut self) {
@@ -307,7 +343,7 @@ impl Exchange {
     /// The host is done with the stream (`on_done`): a request without reply was abandoned by
     /// its client.
     pub fn on_stream_done(&mut self) {
-        if !self.replied && matches!(self.state, State::Running(_) | State::Buffering { .. }) {
+        if !self.replied && matches!(self.state, State::Running(_) | State::Buffering(_)) {
             let id = self.gateway.metrics().global(Global::ClientAborts);
             self.commands.push_back(Command::Count(id));
         }
@@ -321,6 +357,7 @@ impl Exchange {
         let config = Rc::clone(self.gateway.config());
         let metrics = self.gateway.metrics();
         let mut finished = false;
+        let mut unknown_models = Vec::new();
         while let Some(command) = running.looper.poll_command() {
             match command {
                 LooperCommand::Dispatch {
@@ -330,6 +367,7 @@ impl Exchange {
                     timeout_ms,
                 } => {
                     let Some(upstream) = config.model(model) else {
+                        unknown_models.push(call);
                         continue;
                     };
                     let mut headers = vec![
@@ -338,17 +376,15 @@ impl Exchange {
                         (":authority".to_string(), upstream.authority.clone()),
                         ("content-type".to_string(), "application/json".to_string()),
                     ];
-                    if let Some(credential) = &upstream.credential {
-                        headers.push((
-                            credential.header.clone(),
-                            credential.value.expose().to_string(),
-                        ));
-                    }
                     headers.extend(upstream.extra_headers.iter().cloned());
                     self.commands.push_back(Command::HttpCall {
                         call,
                         cluster: upstream.cluster.clone(),
                         headers,
+                        credential: upstream
+                            .credential
+                            .as_ref()
+                            .map(|c| (c.header.clone(), c.value.clone())),
                         body,
                         timeout_ms,
                     });
@@ -367,6 +403,11 @@ impl Exchange {
         }
         if finished {
             self.finish(now);
+        } else {
+            // Cannot happen with a validated configuration; fail the call rather than wait.
+            for call in unknown_models {
+                self.on_call_result(call, CallResult::Rejected, now);
+            }
         }
     }
 
@@ -483,6 +524,9 @@ impl Exchange {
         }
         self.replied = true;
         self.state = State::Done;
+        // Calls the host has not started yet are no longer wanted.
+        self.commands
+            .retain(|command| !matches!(command, Command::HttpCall { .. }));
         headers.insert(0, ("content-type".to_string(), content_type.to_string()));
         let metrics = self.gateway.metrics();
         self.commands

@@ -134,6 +134,17 @@ def test_other_models_pass_through_untouched(stack):
     assert not any(k.startswith("x-looper-") for k in headers)
 
 
+def test_large_request_for_another_model_passes_through(stack):
+    # `model` after 5 MiB of messages, beyond the plugin's own 4 MiB limit.
+    body = ('{"messages":[{"role":"user","content":"' + "z" * (5 * 1024 * 1024)
+            + '"}],"model":"sim-small","max_tokens":3}').encode()
+    status, headers, reply = stack.request("POST", "/v1/chat/completions", body,
+                                           {"content-type": "application/json"})
+    assert status == 200, reply[:300]
+    assert json.loads(reply)["model"] == "sim-small"
+    assert not any(k.startswith("x-looper-") for k in headers)
+
+
 def test_unknown_virtual_model_is_404(stack):
     status, _, body = stack.chat({"model": "vllm-sr/nope", "messages": [{"role": "user", "content": "x"}]})
     assert status == 404

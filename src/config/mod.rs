@@ -21,7 +21,9 @@ pub mod bounds {
     pub const MAX_CALLS: u64 = 32;
     pub const MAX_TIMEOUT_MS: u64 = 600_000;
     pub const MAX_DEADLINE_MS: u64 = 3_600_000;
-    pub const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+    /// Bodies are held whole in the VM's memory (at most 1 GiB in Envoy, shared by every
+    /// request on the worker), so neither client nor upstream bodies may exceed this.
+    pub const MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
     pub const MAX_NAME_LEN: usize = 256;
     pub const MAX_HEADERS_PER_MODEL: usize = 32;
 }
@@ -120,6 +122,8 @@ const RESERVED_ALGORITHMS: &[&str] = &["confidence", "ratings", "remom", "fusion
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Budget {
     pub max_calls: u32,
+    /// Calls in flight at once for one request; further calls wait in a queue.
+    pub max_concurrent: u32,
     /// Overrides `limits.request_deadline_ms` when set (never beyond the hard maximum).
     pub deadline_ms: Option<u64>,
     /// Caps every call's timeout for this recipe (each model's own timeout still applies).
@@ -216,6 +220,7 @@ fn parse_config(value: &Value, env: &dyn Fn(&str) -> Option<String>) -> ConfigRe
         "trace",
         "response",
         "passthrough_models",
+        "namespaces",
     ])?;
 
     let models = parse_models(&root.required("models")?, env)?;
@@ -261,17 +266,50 @@ fn parse_config(value: &Value, env: &dyn Fn(&str) -> Option<String>) -> ConfigRe
         }
     }
 
-    let virtual_index = virtual_models
+    let virtual_index: HashMap<String, usize> = virtual_models
         .iter()
         .enumerate()
         .map(|(i, v)| (v.name.clone(), i))
         .collect();
-    let mut namespaces: Vec<String> = virtual_models
-        .iter()
-        .filter_map(|v| v.name.find('/').map(|at| v.name[..=at].to_string()))
-        .collect();
-    namespaces.sort();
-    namespaces.dedup();
+    let namespaces = match root.field("namespaces") {
+        Some(list) => {
+            let mut namespaces = Vec::new();
+            for item in list.elements()? {
+                let ns = item.non_empty_string(bounds::MAX_NAME_LEN)?;
+                if !ns.ends_with('/') {
+                    return Err(item.error("a namespace ends with '/' (e.g. \"vllm-sr/\")"));
+                }
+                namespaces.push(ns.to_string());
+            }
+            namespaces
+        }
+        None => {
+            let mut derived: Vec<String> = virtual_models
+                .iter()
+                .filter_map(|v| v.name.split_once('/').map(|(ns, _)| format!("{ns}/")))
+                .collect();
+            derived.sort();
+            derived.dedup();
+            derived
+        }
+    };
+    for (i, name) in listed_passthrough_models.iter().enumerate() {
+        if virtual_index.contains_key(name) || namespaces.iter().any(|ns| name.starts_with(ns)) {
+            return Err(ConfigError::new(
+                format!("passthrough_models[{i}]"),
+                format!(
+                    "`{name}` is in a virtual namespace ({}), so requests for it would get a 404; \
+                     set `namespaces` to the prefixes the plugin owns",
+                    namespaces.join(", ")
+                ),
+            ));
+        }
+    }
+    check_metric_names("models", models.iter().map(|m| m.alias.as_str()))?;
+    check_metric_names(
+        "virtual_models",
+        virtual_models.iter().map(|v| v.name.as_str()),
+    )?;
 
     Ok(Config {
         models,
@@ -284,6 +322,20 @@ fn parse_config(value: &Value, env: &dyn Fn(&str) -> Option<String>) -> ConfigRe
         virtual_index,
         namespaces,
     })
+}
+
+/// Two names that become the same metric name would share counters.
+fn check_metric_names<'a>(section: &str, names: impl Iterator<Item = &'a str>) -> ConfigResult<()> {
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    for name in names {
+        if let Some(other) = seen.insert(crate::metrics::sanitize(name), name) {
+            return Err(ConfigError::new(
+                format!("{section}.{name}"),
+                format!("has the same metric name as `{other}` (names differ only in punctuation)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn is_valid_name(name: &str) -> bool {
@@ -340,8 +392,18 @@ fn parse_model(
         .non_empty_string(bounds::MAX_NAME_LEN)?
         .to_string();
     let authority = match obj.field("authority") {
-        Some(f) => header_value(&f)?.to_string(),
-        None => cluster.clone(),
+        Some(f) => {
+            let authority = header_value(&f)?;
+            if !is_valid_authority(authority) {
+                return Err(f.error("must be a host name with an optional :port"));
+            }
+            authority.to_string()
+        }
+        None => default_authority(&cluster).ok_or_else(|| {
+            obj.error(format!(
+                "needs `authority`: it cannot be derived from cluster `{cluster}`"
+            ))
+        })?,
     };
     let path = match obj.field("path") {
         Some(f) => {
@@ -365,6 +427,17 @@ fn parse_model(
         Some(f) => parse_headers(&f)?,
         None => Vec::new(),
     };
+    if let Some(credential) = &credential {
+        if extra_headers
+            .iter()
+            .any(|(name, _)| *name == credential.header)
+        {
+            return Err(ConfigError::new(
+                format!("{}.headers.{}", obj.path(), credential.header),
+                "is already set by `auth`",
+            ));
+        }
+    }
     let price = match obj.field("price") {
         Some(f) => {
             let p = f.object()?;
@@ -390,6 +463,31 @@ fn parse_model(
             .opt_integer("timeout_ms", 1, bounds::MAX_TIMEOUT_MS)?
             .unwrap_or(defaults::TIMEOUT_MS),
     })
+}
+
+fn is_valid_authority(authority: &str) -> bool {
+    !authority.is_empty()
+        && authority.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'_' | b'[' | b']')
+        })
+}
+
+/// The `:authority` for a cluster when none is configured: the cluster name itself, or for
+/// Istio's `outbound|<port>|<subset>|<fqdn>` names the host (with the port unless it is the
+/// scheme's default), since the cluster name is not a valid Host.
+fn default_authority(cluster: &str) -> Option<String> {
+    let authority = match cluster.split('|').collect::<Vec<_>>().as_slice() {
+        [_, port, _, host] if !host.is_empty() => {
+            if matches!(*port, "" | "80" | "443") {
+                (*host).to_string()
+            } else {
+                format!("{host}:{port}")
+            }
+        }
+        [_] => cluster.to_string(),
+        _ => return None,
+    };
+    is_valid_authority(&authority).then_some(authority)
 }
 
 fn header_value<'a>(field: &Node<'a>) -> ConfigResult<&'a str> {
@@ -527,10 +625,13 @@ fn parse_recipe(
     ])?;
     let models = parse_model_list(&obj.required("models")?, aliases)?;
     let default_calls = models.len() as u64;
+    let max_calls = obj
+        .opt_integer("max_calls", 1, bounds::MAX_CALLS)?
+        .unwrap_or(default_calls);
     let budget = Budget {
-        max_calls: obj
-            .opt_integer("max_calls", 1, bounds::MAX_CALLS)?
-            .unwrap_or(default_calls) as u32,
+        max_calls: max_calls as u32,
+        // `single` calls one model at a time.
+        max_concurrent: 1,
         deadline_ms: obj.opt_integer("deadline_ms", 1, bounds::MAX_DEADLINE_MS)?,
         call_timeout_ms: obj.opt_integer("call_timeout_ms", 1, bounds::MAX_TIMEOUT_MS)?,
     };

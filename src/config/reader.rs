@@ -160,6 +160,10 @@ pub struct Object<'a> {
 }
 
 impl<'a> Object<'a> {
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     pub fn error(&self, message: impl Into<String>) -> ConfigError {
         ConfigError::new(self.path.clone(), message)
     }

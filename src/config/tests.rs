@@ -254,3 +254,50 @@ fn not_json_is_a_root_error() {
     let err = Config::from_json(b"[]", &env).unwrap_err();
     assert!(err.message.contains("an object"));
 }
+
+#[test]
+fn authority_defaults_to_the_host_of_istio_cluster_names() {
+    let mut v = minimal();
+    v["models"]["a"]["cluster"] = json!("outbound|443||api.openai.com");
+    v["models"]["b"]["cluster"] = json!("outbound|8000|v1|vllm.models.svc.cluster.local");
+    let c = parse(&v).unwrap();
+    assert_eq!(c.models[0].authority, "api.openai.com");
+    assert_eq!(c.models[1].authority, "vllm.models.svc.cluster.local:8000");
+    v["models"]["a"]["cluster"] = json!("a|b");
+    assert_eq!(error_path(&v), "models.a");
+    v["models"]["a"]["cluster"] = json!("c1");
+    v["models"]["a"]["authority"] = json!("bad host");
+    assert_eq!(error_path(&v), "models.a.authority");
+}
+
+#[test]
+fn the_credential_header_cannot_be_set_twice() {
+    let mut v = minimal();
+    v["models"]["a"]["auth"] = json!({"env": "SIM_KEY"});
+    v["models"]["a"]["headers"] = json!({"authorization": "Bearer other"});
+    assert_eq!(error_path(&v), "models.a.headers.authorization");
+}
+
+#[test]
+fn names_that_collide_as_metrics_are_refused() {
+    let mut v = minimal();
+    v["virtual_models"]["vllm_sr/auto"] = json!({"recipe": "r"});
+    let err = parse(&v).unwrap_err();
+    assert!(err.path.starts_with("virtual_models."), "{err}");
+    assert!(err.message.contains("metric name"));
+}
+
+#[test]
+fn namespaces_can_be_set_and_passthrough_models_must_stay_outside() {
+    let mut v = minimal();
+    v["passthrough_models"] = json!(["vllm-sr/other"]);
+    assert_eq!(error_path(&v), "passthrough_models[0]");
+    v["namespaces"] = json!([]);
+    let c = parse(&v).unwrap();
+    assert!(!c.is_unknown_virtual("vllm-sr/other"));
+    v["namespaces"] = json!(["looper/"]);
+    let c = parse(&v).unwrap();
+    assert!(c.is_unknown_virtual("looper/x"));
+    v["namespaces"] = json!(["looper"]);
+    assert_eq!(error_path(&v), "namespaces[0]");
+}

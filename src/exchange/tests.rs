@@ -60,16 +60,23 @@ fn drain(gw: &Gateway, ex: &mut Exchange) -> Drained {
             Command::HttpCall {
                 call,
                 cluster,
-                headers,
+                mut headers,
+                credential,
                 body,
                 timeout_ms,
-            } => d.calls.push((
-                call,
-                cluster,
-                headers,
-                serde_json::from_slice(&body).unwrap(),
-                timeout_ms,
-            )),
+            } => {
+                if let Some((name, value)) = credential {
+                    assert!(!format!("{value:?}").contains(value.expose()));
+                    headers.push((name, value.expose().to_string()));
+                }
+                d.calls.push((
+                    call,
+                    cluster,
+                    headers,
+                    serde_json::from_slice(&body).unwrap(),
+                    timeout_ms,
+                ))
+            }
             Command::Reply {
                 status,
                 headers,
@@ -459,16 +466,110 @@ fn unknown_virtual_model_is_404_as_soon_as_it_is_seen() {
     assert_eq!(v["error"]["code"], "model_not_found");
 }
 
+fn feed(ex: &mut Exchange, chunks: &[&[u8]], end: bool) -> Flow {
+    let mut total = 0;
+    let mut flow = Flow::Pause;
+    for (i, chunk) in chunks.iter().enumerate() {
+        total += chunk.len();
+        let (start, len) = ex.body_read_range(total).unwrap();
+        assert_eq!((start, len), (total - chunk.len(), chunk.len()));
+        flow = ex.on_request_body(total, chunk, end && i + 1 == chunks.len(), T0);
+        if flow == Flow::Continue || ex.is_replied() {
+            break;
+        }
+    }
+    flow
+}
+
 #[test]
-fn body_over_the_limit_is_413_without_reading_it() {
+fn virtual_request_over_the_limit_is_413() {
     let gw = gateway();
+    let filler = "x".repeat(3000);
+    // `model` first: the 413 comes as soon as the limit is crossed.
     let mut ex = gw.exchange(T0);
     ex.on_request_headers(head("POST", "/v1/chat/completions"), false, T0);
-    assert_eq!(ex.body_read_range(4096), None);
-    assert_eq!(ex.on_request_body(4096, b"", false, T0), Flow::Pause);
+    let first = br#"{"model":"vllm-sr/auto","messages":[{"role":"user","content":""#;
+    assert_eq!(
+        feed(&mut ex, &[first, filler.as_bytes()], false),
+        Flow::Pause
+    );
     let (status, v) = error_of(&drain(&gw, &mut ex));
     assert_eq!(status, 413);
     assert_eq!(v["error"]["code"], "request_too_large");
+
+    // `model` last (as the official Python client sends it): the 413 comes when it is seen.
+    let mut ex = gw.exchange(T0);
+    ex.on_request_headers(head("POST", "/v1/chat/completions"), false, T0);
+    let head_part = br#"{"messages":[{"role":"user","content":""#;
+    let tail = br#""}],"model":"vllm-sr/auto"}"#;
+    assert_eq!(
+        feed(&mut ex, &[head_part, filler.as_bytes(), tail], true),
+        Flow::Pause
+    );
+    assert_eq!(error_of(&drain(&gw, &mut ex)).0, 413);
+}
+
+#[test]
+fn large_request_for_another_model_still_passes_through() {
+    let gw = gateway();
+    let filler = "x".repeat(5000);
+    let mut ex = gw.exchange(T0);
+    ex.on_request_headers(head("POST", "/v1/chat/completions"), false, T0);
+    let head_part = br#"{"messages":[{"role":"user","content":""#;
+    let tail = br#""}],"model":"gpt-x"}"#;
+    assert_eq!(
+        feed(&mut ex, &[head_part, filler.as_bytes(), tail], true),
+        Flow::Continue
+    );
+    let d = drain(&gw, &mut ex);
+    assert!(d.reply.is_none() && d.calls.is_empty());
+}
+
+#[test]
+fn oversized_body_without_a_model_is_413() {
+    let gw = gateway();
+    let filler = "x".repeat(5000);
+    let mut ex = gw.exchange(T0);
+    ex.on_request_headers(head("POST", "/v1/chat/completions"), false, T0);
+    assert_eq!(
+        feed(&mut ex, &[b"{\"a\":\"", filler.as_bytes()], true),
+        Flow::Pause
+    );
+    assert_eq!(error_of(&drain(&gw, &mut ex)).0, 413);
+}
+
+#[test]
+fn trailers_end_the_body() {
+    let gw = gateway();
+    let body = chat("vllm-sr/auto", json!({}));
+    let mut ex = gw.exchange(T0);
+    ex.on_request_headers(head("POST", "/v1/chat/completions"), false, T0);
+    assert_eq!(feed(&mut ex, &[&body], false), Flow::Pause);
+    assert!(drain(&gw, &mut ex).calls.is_empty());
+    assert_eq!(ex.on_request_trailers(T0), Flow::Pause);
+    assert_eq!(drain(&gw, &mut ex).calls.len(), 1);
+}
+
+#[test]
+fn only_known_upstream_fields_are_carried_over() {
+    let gw = gateway();
+    let (mut ex, _, d) = post(&gw, &chat("vllm-sr/auto", json!({})), false);
+    let body = json!({"choices": [{"index": 0, "message": {"content": "x"}, "finish_reason": "stop"}],
+        "system_fingerprint": "fp", "service_tier": "default",
+        "kv_transfer_params": {"host": "10.0.0.7"}, "provider": "secret-backend"});
+    ex.on_call_result(
+        d.calls[0].0,
+        CallResult::Response {
+            status: 200,
+            body: body.to_string().into_bytes(),
+        },
+        T0,
+    );
+    let (_, _, reply) = drain(&gw, &mut ex).reply.unwrap();
+    let v: Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(v["system_fingerprint"], "fp");
+    assert_eq!(v["service_tier"], "default");
+    assert!(v.get("kv_transfer_params").is_none() && v.get("provider").is_none());
 }
 
 #[test]

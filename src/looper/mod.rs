@@ -48,11 +48,23 @@ impl Looper {
         let algorithm: Box<dyn Algorithm> = match &recipe.algorithm {
             AlgorithmConfig::Single { models } => Box::new(single::Single::new(models.clone())),
         };
+        Looper::with_algorithm(config, recipe, request, now, algorithm)
+    }
+
+    /// Starts a looper running `algorithm` under `recipe`'s budget.
+    pub fn with_algorithm(
+        config: Rc<Config>,
+        recipe: Rc<Recipe>,
+        request: Rc<ChatRequest>,
+        now: Millis,
+        algorithm: Box<dyn Algorithm>,
+    ) -> Looper {
         let mut looper = Looper {
             runtime: Runtime::new(config, recipe, request, now),
             algorithm,
         };
         looper.algorithm.start(&mut looper.runtime);
+        looper.runtime.pump();
         looper.check_progress();
         looper
     }
@@ -68,12 +80,14 @@ impl Looper {
         if !self.runtime.record_result(call, &outcome) {
             return;
         }
-        if self.runtime.is_past_deadline() {
+        // An answer that arrives with the deadline still counts; only then does the
+        // deadline end whatever is left.
+        self.algorithm
+            .on_call_done(&mut self.runtime, call, outcome);
+        if !self.runtime.is_finished() && self.runtime.is_past_deadline() {
             self.algorithm.on_deadline(&mut self.runtime);
-        } else {
-            self.algorithm
-                .on_call_done(&mut self.runtime, call, outcome);
         }
+        self.runtime.pump();
         self.check_progress();
     }
 
@@ -114,10 +128,18 @@ impl Looper {
     fn check_progress(&mut self) {
         let rt = &mut self.runtime;
         if !rt.is_finished() && rt.in_flight() == 0 && rt.queued() == 0 {
-            rt.finish(
-                Err(ApiError::all_upstreams_failed("no call could be made")),
-                "nothing left to wait for",
-            );
+            if rt.is_past_deadline() {
+                let deadline_ms = rt.deadline_ms();
+                rt.finish(
+                    Err(ApiError::deadline_exceeded(deadline_ms)),
+                    "request deadline reached",
+                );
+            } else {
+                rt.finish(
+                    Err(ApiError::all_upstreams_failed("no call could be made")),
+                    "nothing left to wait for",
+                );
+            }
         }
     }
 }

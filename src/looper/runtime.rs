@@ -129,7 +129,7 @@ impl Runtime {
             .budget
             .deadline_ms
             .unwrap_or(config.limits.request_deadline_ms);
-        let max_concurrent = recipe.budget.max_calls.max(1) as usize;
+        let max_concurrent = recipe.budget.max_concurrent.max(1) as usize;
         Runtime {
             config,
             recipe,
@@ -278,8 +278,10 @@ impl Runtime {
         Ok(id)
     }
 
-    /// Starts queued calls while there is room and time.
-    fn pump(&mut self) {
+    /// Starts queued calls while there is room and time. The looper calls it after the
+    /// algorithm has reacted to an event, so a call is never started for a request the
+    /// algorithm just finished.
+    pub(super) fn pump(&mut self) {
         while self.in_flight < self.max_concurrent && !self.finished {
             let Some(id) = self.queue.pop_front() else {
                 return;
@@ -300,6 +302,7 @@ impl Runtime {
                 record.state = CallState::Done;
                 record.outcome = Some("skipped");
                 record.error = Some(Stop::Deadline.describe().to_string());
+                record.pending_body = None;
                 continue;
             }
             record.state = CallState::InFlight;
@@ -349,17 +352,34 @@ impl Runtime {
             model,
             outcome: outcome.name(),
         });
-        self.pump();
         true
     }
 
-    /// Ends the looper. Calls still in flight are abandoned and queued ones never start.
+    /// Ends the looper. Calls still in flight are abandoned; queued ones, and dispatches the
+    /// host has not picked up yet, never start.
     pub fn finish(&mut self, result: Result<Answer, ApiError>, why: impl Into<String>) {
         if self.finished {
             return;
         }
         self.finished = true;
         self.stop_reason = Some(why.into());
+        let mut unsent = Vec::new();
+        self.commands.retain(|command| match command {
+            LooperCommand::Dispatch { call, .. } => {
+                unsent.push(*call);
+                false
+            }
+            _ => true,
+        });
+        for id in unsent {
+            if let Some(record) = self.calls.get_mut(id.0 as usize) {
+                record.state = CallState::Done;
+                record.outcome = Some("skipped");
+                record.started_at = None;
+                record.timeout_ms = 0;
+                self.in_flight = self.in_flight.saturating_sub(1);
+            }
+        }
         for id in self.queue.drain(..) {
             if let Some(record) = self.calls.get_mut(id.0 as usize) {
                 record.state = CallState::Done;

@@ -9,6 +9,8 @@ pub struct Single {
     models: Vec<ModelId>,
     next: usize,
     failures: Vec<String>,
+    /// Every failure so far was a 429: the client should back off, not see a 502.
+    only_rate_limited: bool,
 }
 
 impl Single {
@@ -17,14 +19,21 @@ impl Single {
             models,
             next: 0,
             failures: Vec::new(),
+            only_rate_limited: true,
         }
     }
 
     fn try_next(&mut self, rt: &mut Runtime) {
         let Some(&model) = self.models.get(self.next) else {
-            let detail = format!("all {} models failed", self.models.len());
+            let error = if rt.is_past_deadline() {
+                ApiError::deadline_exceeded(rt.deadline_ms())
+            } else if self.only_rate_limited && !self.failures.is_empty() {
+                ApiError::rate_limited()
+            } else {
+                ApiError::all_upstreams_failed(&format!("all {} models failed", self.models.len()))
+            };
             rt.finish(
-                Err(ApiError::all_upstreams_failed(&detail)),
+                Err(error),
                 format!("failover list exhausted ({})", self.failures.join("; ")),
             );
             return;
@@ -34,10 +43,8 @@ impl Single {
             return self.try_next(rt);
         };
         let body = rt.request().upstream_body(&upstream.upstream_model, &[]);
-        if self.next > 1 {
-            rt.failover(model);
-        }
         match rt.dispatch(model, "answer", body) {
+            Ok(_) if self.next > 1 => rt.failover(model),
             Ok(_) => {}
             Err(Stop::Deadline) => {
                 let deadline_ms = rt.deadline_ms();
@@ -80,6 +87,7 @@ impl Algorithm for Single {
                 );
             }
             (CallOutcome::Failed { kind, .. }, _) => {
+                self.only_rate_limited &= kind == FailureKind::Status(429);
                 self.failures.push(format!("{alias}: {}", kind.describe()));
                 self.try_next(rt);
             }

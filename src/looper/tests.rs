@@ -433,3 +433,163 @@ fn time_never_goes_backwards() {
     );
     assert_eq!(h.looper.runtime().now(), Millis(1_000_000));
 }
+
+#[test]
+fn an_answer_arriving_with_the_deadline_still_counts() {
+    let mut recipe = single(&["m0"]);
+    recipe["deadline_ms"] = json!(100);
+    let mut h = Harness::new(config(recipe, &[1000]), vec![answer(100, "just in time")]);
+    assert_eq!(h.dispatched[0].2, 100);
+    let result = h.run().unwrap();
+    assert_eq!(content_of(&result), "just in time");
+}
+
+#[test]
+fn every_upstream_rate_limited_is_429() {
+    let mut h = Harness::new(
+        config(single(&["m0", "m1"]), &[100, 100]),
+        vec![status(429), status(429)],
+    );
+    assert_eq!(h.run().unwrap_err().status, 429);
+    let mut h = Harness::new(
+        config(single(&["m0", "m1"]), &[100, 100]),
+        vec![status(429), status(500)],
+    );
+    assert_eq!(h.run().unwrap_err().status, 502);
+}
+
+/// A test algorithm: dispatches `fan_out` calls at once and finishes on the first success.
+struct FanOut {
+    fan_out: usize,
+    finish_after_dispatch: bool,
+}
+
+impl Algorithm for FanOut {
+    fn start(&mut self, rt: &mut Runtime) {
+        for _ in 0..self.fan_out {
+            let body = rt.request().upstream_body("up-0", &[]);
+            if rt.dispatch(ModelId(0), "sample", body).is_err() {
+                break;
+            }
+        }
+        if self.finish_after_dispatch {
+            rt.finish(Err(ApiError::internal("changed its mind")), "test");
+        }
+    }
+
+    fn on_call_done(&mut self, rt: &mut Runtime, _call: CallId, outcome: CallOutcome) {
+        if let CallOutcome::Ok(completion) = outcome {
+            rt.finish(
+                Ok(Answer::Upstream {
+                    model: ModelId(0),
+                    completion,
+                }),
+                "first success",
+            );
+        }
+    }
+}
+
+fn fan_out_looper(recipe: Value, algorithm: FanOut) -> (Looper, Vec<LooperCommand>) {
+    let config = config(recipe, &[1000]);
+    let recipe = Rc::clone(&config.recipes[0]);
+    let mut looper =
+        Looper::with_algorithm(config, recipe, request(), Millis(0), Box::new(algorithm));
+    let mut commands = Vec::new();
+    while let Some(c) = looper.poll_command() {
+        commands.push(c);
+    }
+    (looper, commands)
+}
+
+fn dispatched(commands: &[LooperCommand]) -> Vec<CallId> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            LooperCommand::Dispatch { call, .. } => Some(*call),
+            _ => None,
+        })
+        .collect()
+}
+
+fn budget_recipe(max_calls: u32, max_concurrent: u32) -> Value {
+    // `single` is the only configurable algorithm yet; the runtime reads the budget alone.
+    let _ = max_concurrent;
+    let models: Vec<String> = vec!["m0".to_string()];
+    json!({"algorithm": "single", "models": models, "max_calls": max_calls})
+}
+
+#[test]
+fn dispatches_beyond_max_calls_are_refused_and_noted() {
+    let (looper, commands) = fan_out_looper(
+        budget_recipe(3, 1),
+        FanOut {
+            fan_out: 5,
+            finish_after_dispatch: false,
+        },
+    );
+    // max_concurrent is 1 for this recipe: one call starts, two wait, two are refused.
+    assert_eq!(dispatched(&commands).len(), 1);
+    assert_eq!(looper.runtime().queued(), 2);
+    assert_eq!(looper.runtime().calls().len(), 3);
+    let notes = looper.runtime().trace()["notes"].to_string();
+    assert!(notes.contains("max_calls"), "{notes}");
+}
+
+#[test]
+fn queued_calls_start_as_results_come_in_and_stop_at_finish() {
+    let (mut looper, commands) = fan_out_looper(
+        budget_recipe(3, 1),
+        FanOut {
+            fan_out: 3,
+            finish_after_dispatch: false,
+        },
+    );
+    let first = dispatched(&commands)[0];
+    looper.on_call_result(first, CallResult::Reset, Millis(10));
+    let mut next = Vec::new();
+    while let Some(c) = looper.poll_command() {
+        next.push(c);
+    }
+    let second = dispatched(&next);
+    assert_eq!(
+        second.len(),
+        1,
+        "the next queued call starts after the failure"
+    );
+    looper.on_call_result(
+        second[0],
+        CallResult::Response {
+            status: 200,
+            body: completion("done", 1, 1),
+        },
+        Millis(20),
+    );
+    let mut last = Vec::new();
+    while let Some(c) = looper.poll_command() {
+        last.push(c);
+    }
+    assert!(dispatched(&last).is_empty(), "no call starts once finished");
+    assert!(last.contains(&LooperCommand::Finished));
+    let skipped = looper
+        .runtime()
+        .calls()
+        .iter()
+        .filter(|c| c.outcome == Some("skipped"))
+        .count();
+    assert_eq!(skipped, 1);
+}
+
+#[test]
+fn finishing_withdraws_dispatches_the_host_has_not_taken() {
+    let (looper, commands) = fan_out_looper(
+        budget_recipe(3, 1),
+        FanOut {
+            fan_out: 2,
+            finish_after_dispatch: true,
+        },
+    );
+    assert!(dispatched(&commands).is_empty(), "{commands:?}");
+    assert_eq!(looper.runtime().in_flight(), 0);
+    assert_eq!(looper.runtime().calls_started(), 0);
+}

@@ -4,9 +4,10 @@ use super::upstream::UpstreamCompletion;
 use super::usage::Usage;
 use serde_json::{json, Map, Value};
 
-/// Fields the gateway owns in a reply; everything else an upstream sent (for example
-/// `system_fingerprint`) is carried over.
-const OWNED_FIELDS: &[&str] = &["id", "object", "created", "model", "choices", "usage"];
+/// Top-level fields of an upstream reply that are carried over. The rest (`id`, `model`,
+/// `usage`...) belong to the gateway, and provider extensions (vLLM's `kv_transfer_params`,
+/// routing details) could reveal what stands behind the virtual model.
+const CARRIED_FIELDS: &[&str] = &["system_fingerprint", "service_tier"];
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct FinalCompletion {
@@ -34,16 +35,18 @@ impl FinalCompletion {
             Some(Value::Array(choices)) => choices,
             _ => Vec::new(),
         };
-        for field in OWNED_FIELDS {
-            body.remove(*field);
-        }
+        let extra = CARRIED_FIELDS
+            .iter()
+            .filter_map(|field| Some(((*field).to_string(), body.remove(*field)?)))
+            .filter(|(_, value)| !value.is_null())
+            .collect();
         FinalCompletion {
             id,
             created,
             model,
             choices,
             usage,
-            extra: body,
+            extra,
         }
     }
 

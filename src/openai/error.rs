@@ -74,6 +74,16 @@ impl ApiError {
         }
     }
 
+    pub fn rate_limited() -> Self {
+        ApiError {
+            status: 429,
+            kind: "rate_limit_error",
+            code: Some("rate_limit_exceeded"),
+            param: None,
+            message: "every upstream model is rate limited; retry later".to_string(),
+        }
+    }
+
     pub fn deadline_exceeded(deadline_ms: u64) -> Self {
         ApiError {
             status: 504,

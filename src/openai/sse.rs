@@ -56,8 +56,8 @@ impl ChunkWriter<'_> {
         chunk.insert("object".into(), json!("chat.completion.chunk"));
         chunk.insert("created".into(), json!(self.completion.created));
         chunk.insert("model".into(), json!(self.completion.model));
-        if let Some(fp) = self.completion.extra.get("system_fingerprint") {
-            chunk.insert("system_fingerprint".into(), fp.clone());
+        for (key, value) in &self.completion.extra {
+            chunk.insert(key.clone(), value.clone());
         }
         if self.include_usage {
             chunk.insert("usage".into(), Value::Null);
@@ -100,10 +100,16 @@ impl ChunkWriter<'_> {
                     self.choice_chunk(&index, json!({ "content": piece }), lp, Value::Null);
                 }
             }
-            Some(other) => {
+            Some(Value::Array(parts)) => {
+                // Deltas carry text only: the text parts, joined.
+                let text: String = parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect();
                 let lp = std::mem::take(&mut logprobs);
-                self.choice_chunk(&index, json!({ "content": other }), lp, Value::Null);
+                self.choice_chunk(&index, json!({ "content": text }), lp, Value::Null);
             }
+            Some(_) => {}
             None => {}
         }
         if let Some(refusal) = field("refusal") {
@@ -144,10 +150,8 @@ impl ChunkWriter<'_> {
         if !logprobs.is_null() {
             self.choice_chunk(&index, json!({}), logprobs, Value::Null);
         }
-        let finish = choice
-            .get("finish_reason")
-            .cloned()
-            .unwrap_or(json!("stop"));
+        // The upstream's own finish reason (`length` must survive), never a made-up one.
+        let finish = choice.get("finish_reason").cloned().unwrap_or(Value::Null);
         self.choice_chunk(&index, json!({}), Value::Null, finish);
     }
 }
@@ -248,6 +252,19 @@ mod tests {
             .iter()
             .all(|c| c["object"] == "chat.completion.chunk"));
         assert!(chunks.iter().all(|c| c["id"] == "chatcmpl-1"));
+    }
+
+    #[test]
+    fn finish_reason_is_never_invented_and_part_content_becomes_text() {
+        let c = completion(vec![json!({"index": 0, "message": {"content": [
+            {"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}]}})]);
+        let evs = events(&encode(&c, false, None));
+        let chunks: Vec<Value> = evs[..evs.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "ab");
+        assert!(chunks.last().unwrap()["choices"][0]["finish_reason"].is_null());
     }
 
     #[test]
