@@ -3,9 +3,10 @@
 //! JSON or SSE with the `x-looper-*` headers. Plain Rust: the adapter feeds it host events and
 //! carries out the [`Command`]s it returns.
 
+use crate::config::Algorithm;
 use crate::config::{ModelId, ReplyModelName, Secret};
 use crate::gateway::Gateway;
-use crate::looper::{Answer, CallId, CallResult, Looper, LooperCommand};
+use crate::looper::{Answer, CallId, CallResult, Looper, LooperCommand, LooperEvent};
 use crate::metrics::{Global, MetricId};
 use crate::model_scan::{ModelScanner, Scan};
 use crate::openai::{models, sse, ApiError, ChatRequest, FinalCompletion};
@@ -308,13 +309,18 @@ impl Exchange {
             self.reply_error(&ApiError::internal("virtual model without recipe"));
             return Flow::Pause;
         };
+        if let Err(err) = supports(&recipe.algorithm, &request) {
+            self.reply_error(&err);
+            return Flow::Pause;
+        }
         let metrics = self.gateway.metrics();
         self.commands
             .push_back(Command::Count(metrics.global(Global::Requests)));
         self.commands
             .push_back(Command::Count(metrics.virtual_requests(virtual_index)));
         let request = Rc::new(request);
-        let looper = Looper::start(config, recipe, Rc::clone(&request), now);
+        let nonce = self.gateway.ids().nonce();
+        let looper = Looper::start(config, recipe, Rc::clone(&request), now, nonce);
         self.state = State::Running(Box::new(Running {
             looper,
             request,
@@ -394,9 +400,17 @@ impl Exchange {
                         self.commands.push_back(Command::Count(id));
                     }
                 }
-                LooperCommand::Failover => {
+                LooperCommand::Event(event) => {
+                    let global = match event {
+                        LooperEvent::Failover => Global::Failovers,
+                        LooperEvent::Escalation => Global::Escalations,
+                        LooperEvent::BudgetStop => Global::BudgetStops,
+                        LooperEvent::PolicySkip => Global::PolicySkip,
+                        LooperEvent::PolicyFail => Global::PolicyFail,
+                        LooperEvent::PolicyFallback => Global::PolicyFallback,
+                    };
                     self.commands
-                        .push_back(Command::Count(metrics.global(Global::Failovers)));
+                        .push_back(Command::Count(metrics.global(global)));
                 }
                 LooperCommand::Finished => finished = true,
             }
@@ -445,6 +459,12 @@ impl Exchange {
                 format!("{:.8}", runtime.cost()),
             ),
         ];
+        if let Some(confidence) = runtime.confidence() {
+            headers.push((
+                "x-looper-confidence".to_string(),
+                format!("{confidence:.3}"),
+            ));
+        }
         let abandoned = runtime.abandoned_calls();
         if abandoned > 0 {
             headers.push((
@@ -472,13 +492,17 @@ impl Exchange {
             Some(Ok(answer)) => {
                 let model = answer.model();
                 let Answer::Upstream { completion, .. } = answer;
-                let completion = FinalCompletion::from_upstream(
+                let mut completion = FinalCompletion::from_upstream(
                     completion,
                     self.gateway.ids().completion_id(),
                     now.unix_seconds(),
                     reply_model(model),
                     usage,
                 );
+                if running.request.field("logprobs") != Some(&serde_json::Value::Bool(true)) {
+                    // Logprobs the gateway asked for to score confidence are not the client's.
+                    completion.clear_logprobs();
+                }
                 if running.request.stream() {
                     let body = sse::encode(&completion, running.request.include_usage(), trace);
                     headers.push(("cache-control".to_string(), "no-cache".to_string()));
@@ -537,6 +561,34 @@ impl Exchange {
             body,
         });
     }
+}
+
+/// Whether the recipe can serve what the request asks for; a clear 400 when it cannot.
+fn supports(algorithm: &Algorithm, request: &ChatRequest) -> Result<(), ApiError> {
+    if matches!(algorithm, Algorithm::Single { .. }) {
+        // One upstream answers, so its choices and tool calls come back as sent.
+        return Ok(());
+    }
+    if request.n() > 1 {
+        return Err(ApiError::invalid_request(
+            format!(
+                "the `{}` recipe returns one answer; `n` must be 1",
+                algorithm.name()
+            ),
+            Some("n"),
+        ));
+    }
+    let has_tools = request
+        .field("tools")
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|t| !t.is_empty());
+    if has_tools {
+        return Err(ApiError::invalid_request(
+            format!("the `{}` recipe does not support tools", algorithm.name()),
+            Some("tools"),
+        ));
+    }
+    Ok(())
 }
 
 fn with_trace(error_body: &[u8], trace: serde_json::Value) -> Vec<u8> {

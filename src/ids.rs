@@ -25,6 +25,16 @@ impl IdGenerator {
         }
     }
 
+    /// 16 hex digits nobody outside the VM can predict (for tags in the gateway's prompts).
+    pub fn nonce(&self) -> String {
+        let n = self.counter.get().wrapping_add(1);
+        self.counter.set(n);
+        format!(
+            "{:016x}",
+            mix(mix(n ^ self.seed).rotate_left(29) ^ self.seed)
+        )
+    }
+
     /// `chatcmpl-` followed by 32 hex digits.
     pub fn completion_id(&self) -> String {
         let n = self.counter.get().wrapping_add(1);

@@ -6,6 +6,7 @@
 //! in the `wasm32` build.
 
 pub mod config;
+pub mod contract;
 pub mod exchange;
 pub mod gateway;
 pub mod ids;
@@ -13,7 +14,9 @@ pub mod looper;
 pub mod metrics;
 pub mod model_scan;
 pub mod openai;
+pub mod prompt;
 pub mod time;
+pub mod vote;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;

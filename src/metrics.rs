@@ -40,6 +40,14 @@ pub enum Global {
     Failovers,
     /// Calls still in flight when the reply went out.
     AbandonedCalls,
+    /// Confidence moved on to the next candidate.
+    Escalations,
+    /// Calls not started because a budget (calls, tokens, cost, deadline) forbade them.
+    BudgetStops,
+    /// Failed calls handled by each failure policy.
+    PolicySkip,
+    PolicyFail,
+    PolicyFallback,
 }
 
 const GLOBALS: &[(Global, &str)] = &[
@@ -53,6 +61,11 @@ const GLOBALS: &[(Global, &str)] = &[
     (Global::ClientAborts, "looper.client_aborts_total"),
     (Global::Failovers, "looper.failovers_total"),
     (Global::AbandonedCalls, "looper.abandoned_calls_total"),
+    (Global::Escalations, "looper.escalations_total"),
+    (Global::BudgetStops, "looper.budget_stops_total"),
+    (Global::PolicySkip, "looper.failures.skip"),
+    (Global::PolicyFail, "looper.failures.fail"),
+    (Global::PolicyFallback, "looper.failures.fallback"),
 ];
 
 /// Per virtual model: requests and a latency histogram.

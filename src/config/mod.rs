@@ -4,9 +4,14 @@
 //! does later can exceed what the operator configured.
 
 mod reader;
+mod recipe;
 
 pub use reader::ConfigError;
 use reader::{ConfigResult, Node, Object};
+pub use recipe::{
+    Algorithm, Budget, Candidate, ConfidenceMethod, ConfidenceRecipe, FailurePolicy, Member,
+    RatingsRecipe, Recipe, RoleParams,
+};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fmt;
@@ -98,43 +103,6 @@ pub struct UpstreamModel {
     pub price: Price,
     pub logprobs: bool,
     pub timeout_ms: u64,
-}
-
-/// What a recipe runs. Only `single` exists so far; the others are reserved names so that a
-/// configuration written for a later version fails with a clear message.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Algorithm {
-    /// One model, with the rest of `models` as an ordered failover list.
-    Single { models: Vec<ModelId> },
-}
-
-impl Algorithm {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Algorithm::Single { .. } => "single",
-        }
-    }
-}
-
-const RESERVED_ALGORITHMS: &[&str] = &["confidence", "ratings", "remom", "fusion", "workflows"];
-
-/// Bounds every looper enforces for one request of this recipe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Budget {
-    pub max_calls: u32,
-    /// Calls in flight at once for one request; further calls wait in a queue.
-    pub max_concurrent: u32,
-    /// Overrides `limits.request_deadline_ms` when set (never beyond the hard maximum).
-    pub deadline_ms: Option<u64>,
-    /// Caps every call's timeout for this recipe (each model's own timeout still applies).
-    pub call_timeout_ms: Option<u64>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Recipe {
-    pub name: String,
-    pub algorithm: Algorithm,
-    pub budget: Budget,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -229,7 +197,7 @@ fn parse_config(value: &Value, env: &dyn Fn(&str) -> Option<String>) -> ConfigRe
         .enumerate()
         .map(|(i, m)| (m.alias.as_str(), ModelId(i)))
         .collect();
-    let recipes = parse_recipes(&root.required("recipes")?, &alias_index)?;
+    let recipes = recipe::parse_recipes(&root.required("recipes")?, &alias_index, &models)?;
     let recipe_index: HashMap<&str, RecipeId> = recipes
         .iter()
         .enumerate()
@@ -338,12 +306,12 @@ fn check_metric_names<'a>(section: &str, names: impl Iterator<Item = &'a str>) -
     Ok(())
 }
 
-fn is_valid_name(name: &str) -> bool {
+pub(crate) fn is_valid_name(name: &str) -> bool {
     name.chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/' | '@'))
 }
 
-fn named<'a>(field: &Node<'a>, what: &str) -> ConfigResult<Object<'a>> {
+pub(crate) fn named<'a>(field: &Node<'a>, what: &str) -> ConfigResult<Object<'a>> {
     let obj = field.object()?;
     if obj.is_empty() {
         return Err(obj.error(format!("must name at least one {what}")));
@@ -574,100 +542,6 @@ fn parse_credential(
         header,
         value: Secret(value),
     })
-}
-
-fn parse_recipes(
-    field: &Node<'_>,
-    aliases: &HashMap<&str, ModelId>,
-) -> ConfigResult<Vec<Rc<Recipe>>> {
-    let obj = named(field, "recipe")?;
-    if obj.len() > bounds::MAX_RECIPES {
-        return Err(obj.error(format!("at most {} recipes", bounds::MAX_RECIPES)));
-    }
-    let mut recipes = Vec::with_capacity(obj.len());
-    for (name, field) in obj.entries() {
-        if name.is_empty() || name.len() > bounds::MAX_NAME_LEN || !is_valid_name(name) {
-            return Err(field.error("recipe name must be 1-256 characters of [A-Za-z0-9-_.:/@]"));
-        }
-        recipes.push(Rc::new(parse_recipe(name, &field, aliases)?));
-    }
-    Ok(recipes)
-}
-
-fn parse_recipe(
-    name: &str,
-    field: &Node<'_>,
-    aliases: &HashMap<&str, ModelId>,
-) -> ConfigResult<Recipe> {
-    let obj = field.object()?;
-    let algorithm_field = obj.required("algorithm")?;
-    let algorithm_name = algorithm_field.string()?;
-    match algorithm_name {
-        "single" => {}
-        other if RESERVED_ALGORITHMS.contains(&other) => {
-            return Err(algorithm_field.error(format!(
-                "algorithm `{other}` is not available in this version (available: single)"
-            )))
-        }
-        other => {
-            return Err(
-                algorithm_field.error(format!("unknown algorithm `{other}` (available: single)"))
-            )
-        }
-    }
-    obj.deny_unknown(&[
-        "algorithm",
-        "models",
-        "max_calls",
-        "deadline_ms",
-        "call_timeout_ms",
-        "description",
-    ])?;
-    let models = parse_model_list(&obj.required("models")?, aliases)?;
-    let default_calls = models.len() as u64;
-    let max_calls = obj
-        .opt_integer("max_calls", 1, bounds::MAX_CALLS)?
-        .unwrap_or(default_calls);
-    let budget = Budget {
-        max_calls: max_calls as u32,
-        // `single` calls one model at a time.
-        max_concurrent: 1,
-        deadline_ms: obj.opt_integer("deadline_ms", 1, bounds::MAX_DEADLINE_MS)?,
-        call_timeout_ms: obj.opt_integer("call_timeout_ms", 1, bounds::MAX_TIMEOUT_MS)?,
-    };
-    if let Some(description) = obj.field("description") {
-        description.string()?;
-    }
-    Ok(Recipe {
-        name: name.to_string(),
-        algorithm: Algorithm::Single { models },
-        budget,
-    })
-}
-
-fn parse_model_list(
-    field: &Node<'_>,
-    aliases: &HashMap<&str, ModelId>,
-) -> ConfigResult<Vec<ModelId>> {
-    let items = field.elements()?;
-    if items.is_empty() {
-        return Err(field.error("must list at least one model"));
-    }
-    if items.len() > bounds::MAX_MODELS_PER_RECIPE {
-        return Err(field.error(format!("at most {} models", bounds::MAX_MODELS_PER_RECIPE)));
-    }
-    let mut ids = Vec::with_capacity(items.len());
-    for node in &items {
-        let alias = node.string()?;
-        let id = *aliases
-            .get(alias)
-            .ok_or_else(|| node.error(format!("unknown model `{alias}` (not in `models`)")))?;
-        if ids.contains(&id) {
-            return Err(node.error(format!("model `{alias}` is listed twice")));
-        }
-        ids.push(id);
-    }
-    Ok(ids)
 }
 
 fn parse_virtual_models(

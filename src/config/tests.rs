@@ -301,3 +301,137 @@ fn namespaces_can_be_set_and_passthrough_models_must_stay_outside() {
     v["namespaces"] = json!(["looper"]);
     assert_eq!(error_path(&v), "namespaces[0]");
 }
+
+fn with_recipe(recipe: Value) -> Value {
+    let mut v = minimal();
+    v["models"]["c"] = json!({"cluster": "c3", "price": {"input_per_million": 0.1}});
+    v["recipes"]["r"] = recipe;
+    v
+}
+
+#[test]
+fn confidence_recipe_defaults_and_price_order() {
+    let v = with_recipe(json!({"algorithm": "confidence", "order": "price",
+        "candidates": [{"model": "c"}, {"model": "a", "threshold": 0.9}]}));
+    let c = parse(&v).unwrap();
+    let Algorithm::Confidence(r) = &c.recipes[0].algorithm else {
+        panic!("not confidence")
+    };
+    // `a` (no price: 0) is cheaper than `c` (0.1 per million), so it moves first.
+    assert_eq!(r.candidates[0].model, ModelId(0));
+    assert_eq!(r.candidates[0].threshold, 0.9);
+    assert_eq!(r.candidates[1].threshold, 0.7);
+    assert_eq!(r.method, ConfidenceMethod::AvgLogprob);
+    assert_eq!(r.fallback_method, ConfidenceMethod::SelfVerify);
+    assert_eq!(r.samples, 4);
+    assert_eq!(c.recipes[0].budget.max_calls, 4);
+    assert_eq!(c.recipes[0].budget.max_concurrent, 1);
+}
+
+#[test]
+fn ratings_recipe_weights() {
+    let v = with_recipe(json!({"algorithm": "ratings",
+        "contract": {"type": "choice", "options": "ABCD"},
+        "members": [{"model": "a", "accuracy": 0.7}, {"model": "b", "weight": 2.5}, {"model": "c"}],
+        "judge": "a"}));
+    let c = parse(&v).unwrap();
+    let Algorithm::Ratings(r) = &c.recipes[0].algorithm else {
+        panic!("not ratings")
+    };
+    assert!((r.members[0].weight - (3.0f64 * 0.7 / 0.3).ln()).abs() < 1e-9);
+    assert_eq!(r.members[1].weight, 2.5);
+    assert_eq!(r.members[2].weight, 1.0);
+    assert_eq!(r.options, 4);
+    assert_eq!(r.judge, Some(ModelId(0)));
+    assert_eq!(c.recipes[0].budget.max_calls, 4);
+    assert_eq!(c.recipes[0].budget.max_concurrent, 3);
+}
+
+#[test]
+fn recipe_errors_name_the_field() {
+    let cases = [
+        (
+            json!({"algorithm": "confidence", "candidates": [{"model": "a", "threshold": 1.5}]}),
+            "recipes.r.candidates[0].threshold",
+        ),
+        (
+            json!({"algorithm": "confidence", "candidates": [{"model": "a"}], "method": "vibes"}),
+            "recipes.r.method",
+        ),
+        (
+            json!({"algorithm": "confidence", "candidates": [{"model": "a"}],
+                "fallback_method": "margin"}),
+            "recipes.r.fallback_method",
+        ),
+        (
+            json!({"algorithm": "confidence", "candidates": [{"model": "a"}, {"model": "a"}]}),
+            "recipes.r.candidates[1].model",
+        ),
+        (
+            json!({"algorithm": "confidence", "candidates": []}),
+            "recipes.r.candidates",
+        ),
+        (
+            json!({"algorithm": "confidence", "candidates": [{"model": "a"}], "samples": 99}),
+            "recipes.r.samples",
+        ),
+        (
+            json!({"algorithm": "confidence", "candidates": [{"model": "a"}], "max_concurrent": 2}),
+            "recipes.r.max_concurrent",
+        ),
+        (
+            json!({"algorithm": "ratings", "members": [{"model": "a", "weight": 1, "accuracy": 0.5}]}),
+            "recipes.r.members[0]",
+        ),
+        (
+            json!({"algorithm": "ratings", "members": [{"model": "a"}], "judge": "zz"}),
+            "recipes.r.judge",
+        ),
+        (
+            json!({"algorithm": "ratings", "members": [{"model": "a"}],
+                "contract": {"type": "choice", "options": "AAB"}}),
+            "recipes.r.contract.options",
+        ),
+        (
+            json!({"algorithm": "ratings", "members": [{"model": "a"}],
+                "contract": {"type": "yaml"}}),
+            "recipes.r.contract.type",
+        ),
+        (
+            json!({"algorithm": "ratings", "members": [{"model": "a"}],
+                "on_failure": {"policy": "fallback"}}),
+            "recipes.r.on_failure",
+        ),
+        (
+            json!({"algorithm": "ratings", "members": [{"model": "a"}],
+                "on_failure": {"policy": "retry"}}),
+            "recipes.r.on_failure.policy",
+        ),
+        (
+            json!({"algorithm": "ratings", "members": [{"model": "a"}],
+                "roles": {"verifier": {"temperature": 0.1}}}),
+            "recipes.r.roles.verifier",
+        ),
+        (
+            json!({"algorithm": "ratings", "members": [{"model": "a"}],
+                "roles": {"answer": {"reasoning_effort": "max"}}}),
+            "recipes.r.roles.answer.reasoning_effort",
+        ),
+        (
+            json!({"algorithm": "ratings", "members": [{"model": "a"}], "token_budget": 0}),
+            "recipes.r.token_budget",
+        ),
+        (
+            json!({"algorithm": "single", "models": ["a"], "members": []}),
+            "recipes.r.members",
+        ),
+        (
+            json!({"algorithm": "remom", "models": ["a"]}),
+            "recipes.r.algorithm",
+        ),
+    ];
+    for (recipe, path) in cases {
+        let v = with_recipe(recipe.clone());
+        assert_eq!(error_path(&v), path, "{recipe}");
+    }
+}

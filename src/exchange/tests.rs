@@ -607,3 +607,67 @@ fn response_ids_are_unique() {
         assert!(ids.insert(v["id"].as_str().unwrap().to_string()));
     }
 }
+
+fn confidence_gateway() -> Rc<Gateway> {
+    gateway_with(json!({
+        "models": {
+            "small": {"cluster": "sim", "logprobs": true},
+            "medium": {"cluster": "sim", "model": "sim-medium", "authority": "models.local",
+                       "headers": {"x-tenant": "t1"}}
+        },
+        "recipes": {"r": {"algorithm": "single", "models": ["medium", "small"]},
+                    "c": {"algorithm": "confidence", "contract": {"type": "choice"},
+                          "candidates": [{"model": "small", "threshold": 0.5}, {"model": "medium"}]}},
+        "virtual_models": {"vllm-sr/auto": {"recipe": "r"}, "looper/confidence": {"recipe": "c"}}
+    }))
+}
+
+#[test]
+fn confidence_reply_carries_its_score_and_hides_gateway_logprobs() {
+    let gw = confidence_gateway();
+    let (mut ex, _, d) = post(&gw, &chat("looper/confidence", json!({})), false);
+    assert_eq!(d.calls[0].3["logprobs"], true);
+    let body = json!({"choices": [{"index": 0, "message": {"content": "ANSWER: B"},
+        "logprobs": {"content": [{"token": "ANSWER:", "logprob": -0.01, "top_logprobs": []},
+                                  {"token": " B", "logprob": -0.1, "top_logprobs": []}]},
+        "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2}});
+    ex.on_call_result(
+        d.calls[0].0,
+        CallResult::Response {
+            status: 200,
+            body: body.to_string().into_bytes(),
+        },
+        T0,
+    );
+    let (status, headers, reply) = drain(&gw, &mut ex).reply.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-looper-algorithm"), Some("confidence"));
+    assert_eq!(header(&headers, "x-looper-confidence"), Some("0.905"));
+    let v: Value = serde_json::from_slice(&reply).unwrap();
+    assert!(
+        v["choices"][0]["logprobs"].is_null(),
+        "the client did not ask for logprobs"
+    );
+}
+
+#[test]
+fn looping_recipes_refuse_n_and_tools_clearly() {
+    let gw = confidence_gateway();
+    for (extra, param) in [
+        (json!({"n": 2}), "n"),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
+            "tools",
+        ),
+    ] {
+        let (_, _, d) = post(&gw, &chat("looper/confidence", extra), false);
+        let (status, v) = error_of(&d);
+        assert_eq!(status, 400);
+        assert_eq!(v["error"]["param"], param);
+        assert!(d.calls.is_empty());
+    }
+    // `single` passes them on.
+    let (_, _, d) = post(&gw, &chat("vllm-sr/auto", json!({"n": 2})), false);
+    assert_eq!(d.calls[0].3["n"], 2);
+}

@@ -6,22 +6,39 @@
 //! recipe's budget whatever the algorithm asks.
 
 pub mod call;
+mod confidence;
+mod ratings;
 pub mod runtime;
 mod single;
 
 pub use call::{CallId, CallOutcome, CallResult, FailureKind};
-pub use runtime::{Answer, CallRecord, CallState, LooperCommand, Runtime, Stop};
+pub use runtime::{
+    Answer, CallPlan, CallRecord, CallState, LooperCommand, LooperEvent, Messages, Runtime, Stop,
+};
 
-use crate::config::{Algorithm as AlgorithmConfig, Config, Recipe};
+use crate::config::{Algorithm as AlgorithmConfig, Config, ModelId, Recipe};
 use crate::openai::{ApiError, ChatRequest};
 use crate::time::Millis;
 use std::rc::Rc;
 
+/// A finished step, as an algorithm sees it.
+#[derive(Debug)]
+pub struct CallDone {
+    /// The call the algorithm dispatched.
+    pub step: CallId,
+    /// The call that produced `outcome`: `step` itself, or its retry under the `fallback`
+    /// failure policy.
+    pub call: CallId,
+    /// The model that produced `outcome`.
+    pub model: ModelId,
+    pub outcome: CallOutcome,
+}
+
 /// A collaboration pattern. It reacts to events by asking the runtime to dispatch calls or
-/// to finish; the runtime owns the budget, the calls and the trace.
+/// to finish; the runtime owns the budget, the calls, the failure policy and the trace.
 pub trait Algorithm {
     fn start(&mut self, rt: &mut Runtime);
-    fn on_call_done(&mut self, rt: &mut Runtime, call: CallId, outcome: CallOutcome);
+    fn on_call_done(&mut self, rt: &mut Runtime, done: CallDone);
     /// The request deadline passed with the looper unfinished.
     fn on_deadline(&mut self, rt: &mut Runtime) {
         let deadline_ms = rt.deadline_ms();
@@ -44,11 +61,14 @@ impl Looper {
         recipe: Rc<Recipe>,
         request: Rc<ChatRequest>,
         now: Millis,
+        nonce: String,
     ) -> Looper {
         let algorithm: Box<dyn Algorithm> = match &recipe.algorithm {
             AlgorithmConfig::Single { models } => Box::new(single::Single::new(models.clone())),
+            AlgorithmConfig::Confidence(c) => Box::new(confidence::Confidence::new(c.clone())),
+            AlgorithmConfig::Ratings(r) => Box::new(ratings::Ratings::new(r.clone())),
         };
-        Looper::with_algorithm(config, recipe, request, now, algorithm)
+        Looper::with_algorithm(config, recipe, request, now, nonce, algorithm)
     }
 
     /// Starts a looper running `algorithm` under `recipe`'s budget.
@@ -57,10 +77,11 @@ impl Looper {
         recipe: Rc<Recipe>,
         request: Rc<ChatRequest>,
         now: Millis,
+        nonce: String,
         algorithm: Box<dyn Algorithm>,
     ) -> Looper {
         let mut looper = Looper {
-            runtime: Runtime::new(config, recipe, request, now),
+            runtime: Runtime::new(config, recipe, request, now, nonce),
             algorithm,
         };
         looper.algorithm.start(&mut looper.runtime);
@@ -80,10 +101,23 @@ impl Looper {
         if !self.runtime.record_result(call, &outcome) {
             return;
         }
-        // An answer that arrives with the deadline still counts; only then does the
-        // deadline end whatever is left.
-        self.algorithm
-            .on_call_done(&mut self.runtime, call, outcome);
+        let model = self.runtime.call(call).map(|c| c.model);
+        // The failure policy may retry the step elsewhere (the algorithm hears about it when
+        // the retry ends) or end the request.
+        let step = self.runtime.apply_failure_policy(call, &outcome);
+        if let (Some(step), Some(model)) = (step, model) {
+            // An answer that arrives with the deadline still counts; only then does the
+            // deadline end whatever is left.
+            if !self.runtime.is_finished() {
+                let done = CallDone {
+                    step,
+                    call,
+                    model,
+                    outcome,
+                };
+                self.algorithm.on_call_done(&mut self.runtime, done);
+            }
+        }
         if !self.runtime.is_finished() && self.runtime.is_past_deadline() {
             self.algorithm.on_deadline(&mut self.runtime);
         }

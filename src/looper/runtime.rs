@@ -1,14 +1,20 @@
 //! The runtime every algorithm runs on: it owns the request's budget (call count, concurrency,
-//! per-call timeout, deadline), the calls and their trace, and the usage and cost summed over
-//! every call. Algorithms ask it to dispatch and to finish; it refuses what the budget forbids.
+//! per-call timeout, deadline, tokens, cost), the calls and their trace, the failure policy,
+//! and the usage and cost summed over every call. Algorithms ask it to dispatch and to finish;
+//! it refuses what the budget forbids and says so in the trace.
 
 use super::call::{CallId, CallOutcome};
-use crate::config::{Config, ModelId, Recipe};
-use crate::openai::{ApiError, ChatRequest, UpstreamCompletion, Usage};
+use crate::config::{Config, FailurePolicy, ModelId, Recipe};
+use crate::openai::{ApiError, ChatRequest, Edit, UpstreamCompletion, Usage};
+use crate::prompt;
 use crate::time::Millis;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use std::collections::VecDeque;
 use std::rc::Rc;
+
+/// Completion tokens assumed for a call whose request sets no `max_tokens`, when checking a
+/// token or cost budget before the call.
+pub const ASSUMED_COMPLETION_TOKENS: u64 = 1024;
 
 /// What the looper asks of its host.
 #[derive(Debug, PartialEq)]
@@ -26,10 +32,25 @@ pub enum LooperCommand {
         model: ModelId,
         outcome: &'static str,
     },
-    /// The algorithm moved on to the next model after a failure.
-    Failover,
+    /// Something worth counting happened.
+    Event(LooperEvent),
     /// The looper has its final result; see [`super::Looper::take_result`].
     Finished,
+}
+
+/// Counted occurrences, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LooperEvent {
+    /// The next model of a failover list was tried.
+    Failover,
+    /// A Confidence candidate was not confident enough; the next one was asked.
+    Escalation,
+    /// A call was not started because a budget (calls, tokens, cost, deadline) forbade it.
+    BudgetStop,
+    /// A failed call was handled by the recipe's failure policy.
+    PolicySkip,
+    PolicyFail,
+    PolicyFallback,
 }
 
 /// Why the runtime refused to start a call.
@@ -37,6 +58,8 @@ pub enum LooperCommand {
 pub enum Stop {
     MaxCalls,
     Deadline,
+    TokenBudget,
+    CostBudget,
     Finished,
 }
 
@@ -45,8 +68,73 @@ impl Stop {
         match self {
             Stop::MaxCalls => "max_calls budget reached",
             Stop::Deadline => "request deadline reached",
+            Stop::TokenBudget => "token budget would be exceeded",
+            Stop::CostBudget => "cost budget would be exceeded",
             Stop::Finished => "request already finished",
         }
+    }
+}
+
+/// What a call sends: its role, its messages and the fields it sets on top of the client's
+/// request. The body is built only when the call starts, so queued calls hold no body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallPlan {
+    pub role: &'static str,
+    /// The client's messages (with the contract instruction), or a prompt of the gateway's.
+    pub messages: Messages,
+    /// Fields set on the sub-call, after the role's sampling parameters.
+    pub set: Vec<(&'static str, Value)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Messages {
+    /// The client's conversation, the contract instruction appended to its last user turn.
+    Client,
+    /// A prompt the gateway wrote (verifier, judge). Fields that only make sense for the
+    /// client's own conversation (tools, response format, n, logprobs...) are dropped.
+    Own(Rc<Value>),
+}
+
+/// Client fields that do not belong in a call with the gateway's own prompt.
+const CLIENT_ONLY_FIELDS: &[&str] = &[
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "parallel_tool_calls",
+    "response_format",
+    "n",
+    "logprobs",
+    "top_logprobs",
+    "stop",
+    "prediction",
+    "audio",
+    "modalities",
+];
+
+impl CallPlan {
+    /// A call that answers the client's question.
+    pub fn answer(role: &'static str) -> CallPlan {
+        CallPlan {
+            role,
+            messages: Messages::Client,
+            set: Vec::new(),
+        }
+    }
+
+    /// A call with a prompt of the gateway's.
+    pub fn own(role: &'static str, messages: Value) -> CallPlan {
+        CallPlan {
+            role,
+            messages: Messages::Own(Rc::new(messages)),
+            set: Vec::new(),
+        }
+    }
+
+    pub fn with(mut self, key: &'static str, value: Value) -> CallPlan {
+        self.set.retain(|(k, _)| *k != key);
+        self.set.push((key, value));
+        self
     }
 }
 
@@ -93,14 +181,26 @@ pub struct CallRecord {
     pub error: Option<String>,
     pub usage: Option<Usage>,
     pub cost: f64,
-    /// The body waits here while the call is queued behind the concurrency limit.
-    pending_body: Option<Vec<u8>>,
+    /// The answer the algorithm extracted from this call's response.
+    pub answer: Option<String>,
+    /// The score the algorithm gave it (a confidence, a verdict).
+    pub score: Option<f64>,
+    /// For a retry under the `fallback` policy: the call it replaces.
+    pub fallback_of: Option<CallId>,
+    plan: Rc<CallPlan>,
+    /// Tokens and cost set aside for this call while it is queued or in flight.
+    reserved_tokens: u64,
+    reserved_cost: f64,
 }
 
 pub struct Runtime {
+    /// Unguessable per request: tags around quoted text in the gateway's prompts use it.
+    nonce: String,
     config: Rc<Config>,
     recipe: Rc<Recipe>,
     request: Rc<ChatRequest>,
+    /// The client's messages with the contract instruction, built on first use.
+    instructed_messages: Option<Rc<Value>>,
     started: Millis,
     deadline: Millis,
     deadline_ms: u64,
@@ -111,11 +211,15 @@ pub struct Runtime {
     in_flight: usize,
     usage: Usage,
     cost: f64,
+    reserved_tokens: u64,
+    reserved_cost: f64,
     commands: VecDeque<LooperCommand>,
     result: Option<Result<Answer, ApiError>>,
     finished: bool,
     stop_reason: Option<String>,
     notes: Vec<String>,
+    details: Map<String, Value>,
+    confidence: Option<f64>,
 }
 
 impl Runtime {
@@ -124,6 +228,7 @@ impl Runtime {
         recipe: Rc<Recipe>,
         request: Rc<ChatRequest>,
         now: Millis,
+        nonce: String,
     ) -> Self {
         let deadline_ms = recipe
             .budget
@@ -131,9 +236,11 @@ impl Runtime {
             .unwrap_or(config.limits.request_deadline_ms);
         let max_concurrent = recipe.budget.max_concurrent.max(1) as usize;
         Runtime {
+            nonce,
             config,
             recipe,
             request,
+            instructed_messages: None,
             started: now,
             deadline: now.plus(deadline_ms),
             deadline_ms,
@@ -144,16 +251,24 @@ impl Runtime {
             in_flight: 0,
             usage: Usage::default(),
             cost: 0.0,
+            reserved_tokens: 0,
+            reserved_cost: 0.0,
             commands: VecDeque::new(),
             result: None,
             finished: false,
             stop_reason: None,
             notes: Vec::new(),
+            details: Map::new(),
+            confidence: None,
         }
     }
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    pub fn nonce(&self) -> &str {
+        &self.nonce
     }
 
     pub fn recipe(&self) -> &Recipe {
@@ -178,6 +293,16 @@ impl Runtime {
 
     pub fn is_past_deadline(&self) -> bool {
         self.now >= self.deadline
+    }
+
+    /// The error for "no usable answer": 504 once the deadline has passed (it is the cause),
+    /// else 502.
+    pub fn no_answer(&self, detail: &str) -> ApiError {
+        if self.is_past_deadline() {
+            ApiError::deadline_exceeded(self.deadline_ms)
+        } else {
+            ApiError::all_upstreams_failed(detail)
+        }
     }
 
     pub fn is_finished(&self) -> bool {
@@ -208,16 +333,46 @@ impl Runtime {
         self.cost
     }
 
+    /// The confidence of the final answer, for patterns that score one.
+    pub fn confidence(&self) -> Option<f64> {
+        self.confidence
+    }
+
+    pub fn set_confidence(&mut self, confidence: f64) {
+        self.confidence = Some(confidence);
+    }
+
     /// Adds a line to the trace (a budget stop, a failover, a decision).
     pub fn note(&mut self, note: impl Into<String>) {
         self.notes.push(note.into());
+    }
+
+    /// Sets an algorithm-specific trace field (votes, rounds...).
+    pub fn detail(&mut self, key: &str, value: Value) {
+        self.details.insert(key.to_string(), value);
+    }
+
+    /// Records what the algorithm made of a call: the answer it extracted and its score.
+    pub fn annotate(&mut self, id: CallId, answer: Option<String>, score: Option<f64>) {
+        if let Some(record) = self.calls.get_mut(id.0 as usize) {
+            if answer.is_some() {
+                record.answer = answer;
+            }
+            if score.is_some() {
+                record.score = score;
+            }
+        }
+    }
+
+    pub fn event(&mut self, event: LooperEvent) {
+        self.commands.push_back(LooperCommand::Event(event));
     }
 
     /// Notes in the trace (and metrics) that `model` is tried because an earlier one failed.
     pub fn failover(&mut self, model: ModelId) {
         let alias = self.alias(model).to_string();
         self.note(format!("failover to {alias}"));
-        self.commands.push_back(LooperCommand::Failover);
+        self.event(LooperEvent::Failover);
     }
 
     pub(super) fn set_now(&mut self, now: Millis) {
@@ -233,33 +388,98 @@ impl Runtime {
         self.result.take()
     }
 
-    /// Queues a call to `model`; it starts at once unless `max_concurrent` calls are in flight.
-    /// Refused once the call budget is spent, the deadline has passed or the looper finished;
-    /// the refusal is noted in the trace.
-    pub fn dispatch(
-        &mut self,
-        model: ModelId,
-        role: &'static str,
-        body: Vec<u8>,
-    ) -> Result<CallId, Stop> {
-        let refusal = if self.finished {
+    /// Tokens a call is expected to use at most: its prompt (about four bytes a token) and
+    /// its completion limit.
+    fn estimate(&self, model: ModelId, plan: &CallPlan) -> (u64, f64) {
+        let prompt_bytes = match &plan.messages {
+            Messages::Client => self.request.body_len(),
+            Messages::Own(messages) => messages.to_string().len(),
+        };
+        let prompt = (prompt_bytes as u64).div_ceil(4);
+        let limit = |v: Option<&Value>| v.and_then(Value::as_u64);
+        let completion = plan
+            .set
+            .iter()
+            .find(|(k, _)| *k == "max_tokens" || *k == "max_completion_tokens")
+            .and_then(|(_, v)| v.as_u64())
+            .or_else(|| self.recipe.role(plan.role).and_then(|r| r.max_tokens))
+            .or_else(|| limit(self.request.field("max_completion_tokens")))
+            .or_else(|| limit(self.request.field("max_tokens")))
+            .unwrap_or(ASSUMED_COMPLETION_TOKENS);
+        let samples = plan
+            .set
+            .iter()
+            .find(|(k, _)| *k == "n")
+            .and_then(|(_, v)| v.as_u64())
+            .unwrap_or(1)
+            .max(1);
+        let completion = completion.saturating_mul(samples);
+        let cost = self
+            .config
+            .model(model)
+            .map_or(0.0, |m| m.price.cost(prompt, completion));
+        (prompt.saturating_add(completion), cost)
+    }
+
+    /// Why a call estimated at `tokens` and `cost` may not start now, if it may not.
+    fn refusal(&self, tokens: u64, cost: f64) -> Option<Stop> {
+        let budget = &self.recipe.budget;
+        if self.finished {
             Some(Stop::Finished)
-        } else if self.calls.len() >= self.recipe.budget.max_calls as usize {
+        } else if self.calls.len() >= budget.max_calls as usize {
             Some(Stop::MaxCalls)
         } else if self.is_past_deadline() {
             Some(Stop::Deadline)
+        } else if budget.token_budget.is_some_and(|b| {
+            self.usage
+                .total_tokens
+                .saturating_add(self.reserved_tokens)
+                .saturating_add(tokens)
+                > b
+        }) {
+            Some(Stop::TokenBudget)
+        } else if budget
+            .cost_budget
+            .is_some_and(|b| self.cost + self.reserved_cost + cost > b)
+        {
+            Some(Stop::CostBudget)
         } else {
             None
-        };
-        if let Some(stop) = refusal {
-            let alias = self.alias(model);
-            self.note(format!("not calling {alias} ({role}): {}", stop.describe()));
+        }
+    }
+
+    /// Queues a call to `model`; it starts at once unless `max_concurrent` calls are in flight.
+    /// Refused once the call budget is spent, the deadline has passed, the token or cost
+    /// budget would be exceeded, or the looper finished; the refusal is noted in the trace.
+    pub fn dispatch(&mut self, model: ModelId, plan: CallPlan) -> Result<CallId, Stop> {
+        self.dispatch_inner(model, plan, None)
+    }
+
+    fn dispatch_inner(
+        &mut self,
+        model: ModelId,
+        plan: CallPlan,
+        fallback_of: Option<CallId>,
+    ) -> Result<CallId, Stop> {
+        let (tokens, cost) = self.estimate(model, &plan);
+        if let Some(stop) = self.refusal(tokens, cost) {
+            let alias = self.alias(model).to_string();
+            self.note(format!(
+                "not calling {alias} ({}): {}",
+                plan.role,
+                stop.describe()
+            ));
+            if stop != Stop::Finished {
+                self.event(LooperEvent::BudgetStop);
+            }
             return Err(stop);
         }
+        self.reserved_tokens = self.reserved_tokens.saturating_add(tokens);
+        self.reserved_cost += cost;
         let id = CallId(self.calls.len() as u32);
         self.calls.push(CallRecord {
             id,
-            role,
+            role: plan.role,
             model,
             state: CallState::Queued,
             queued_at: self.now,
@@ -271,11 +491,82 @@ impl Runtime {
             error: None,
             usage: None,
             cost: 0.0,
-            pending_body: Some(body),
+            answer: None,
+            score: None,
+            fallback_of,
+            plan: Rc::new(plan),
+            reserved_tokens: tokens,
+            reserved_cost: cost,
         });
         self.queue.push_back(id);
         self.pump();
         Ok(id)
+    }
+
+    fn release(&mut self, id: CallId) {
+        if let Some(record) = self.calls.get_mut(id.0 as usize) {
+            self.reserved_tokens = self.reserved_tokens.saturating_sub(record.reserved_tokens);
+            self.reserved_cost = (self.reserved_cost - record.reserved_cost).max(0.0);
+            record.reserved_tokens = 0;
+            record.reserved_cost = 0.0;
+        }
+    }
+
+    /// The sub-call body for `plan` on `model`.
+    fn body(&mut self, model: ModelId, plan: &CallPlan) -> Vec<u8> {
+        let Some(upstream) = self.config.model(model) else {
+            return Vec::new();
+        };
+        let upstream_model = upstream.upstream_model.clone();
+        let messages = match &plan.messages {
+            Messages::Client => {
+                let instructed = match &self.instructed_messages {
+                    Some(m) => Rc::clone(m),
+                    None => {
+                        let m = Rc::new(prompt::with_instruction(
+                            self.request.field("messages").unwrap_or(&Value::Null),
+                            self.recipe.contract.instruction().as_deref(),
+                        ));
+                        self.instructed_messages = Some(Rc::clone(&m));
+                        m
+                    }
+                };
+                instructed
+            }
+            Messages::Own(m) => Rc::clone(m),
+        };
+        let mut values: Vec<(&str, Value)> = Vec::new();
+        if let Some(params) = self.recipe.role(plan.role) {
+            if let Some(t) = params.temperature {
+                values.push(("temperature", json!(t)));
+            }
+            if let Some(n) = params.max_tokens {
+                let key = if self.request.field("max_completion_tokens").is_some() {
+                    "max_completion_tokens"
+                } else {
+                    "max_tokens"
+                };
+                values.push((key, json!(n)));
+            }
+            if let Some(effort) = &params.reasoning_effort {
+                values.push(("reasoning_effort", json!(effort)));
+            }
+        }
+        for (key, value) in &plan.set {
+            values.retain(|(k, _)| k != key);
+            values.push((key, value.clone()));
+        }
+        let mut edits: Vec<(&str, Edit<'_>)> = vec![("messages", Edit::Set(&messages))];
+        if matches!(plan.messages, Messages::Own(_)) {
+            for field in CLIENT_ONLY_FIELDS {
+                edits.push((field, Edit::Remove));
+            }
+        }
+        for (key, value) in &values {
+            edits.retain(|(k, _)| k != key);
+            edits.push((key, Edit::Set(value)));
+        }
+        self.request.upstream_body(&upstream_model, &edits)
     }
 
     /// Starts queued calls while there is room and time. The looper calls it after the
@@ -287,32 +578,36 @@ impl Runtime {
                 return;
             };
             let remaining = self.deadline.since(self.now);
-            let Some(record) = self.calls.get_mut(id.0 as usize) else {
+            let Some(record) = self.calls.get(id.0 as usize) else {
                 continue;
             };
-            let model_timeout = self
-                .config
-                .model(record.model)
-                .map_or(remaining, |m| m.timeout_ms);
+            let model = record.model;
+            let plan = Rc::clone(&record.plan);
+            let model_timeout = self.config.model(model).map_or(remaining, |m| m.timeout_ms);
             let timeout_ms = model_timeout
                 .min(self.recipe.budget.call_timeout_ms.unwrap_or(u64::MAX))
                 .min(remaining);
             if timeout_ms == 0 {
                 // Out of time: the queued call never starts.
-                record.state = CallState::Done;
-                record.outcome = Some("skipped");
-                record.error = Some(Stop::Deadline.describe().to_string());
-                record.pending_body = None;
+                self.release(id);
+                if let Some(record) = self.calls.get_mut(id.0 as usize) {
+                    record.state = CallState::Done;
+                    record.outcome = Some("skipped");
+                    record.error = Some(Stop::Deadline.describe().to_string());
+                }
                 continue;
             }
-            record.state = CallState::InFlight;
-            record.started_at = Some(self.now);
-            record.timeout_ms = timeout_ms;
-            let body = record.pending_body.take().unwrap_or_default();
+            let body = self.body(model, &plan);
+            let now = self.now;
+            if let Some(record) = self.calls.get_mut(id.0 as usize) {
+                record.state = CallState::InFlight;
+                record.started_at = Some(now);
+                record.timeout_ms = timeout_ms;
+            }
             self.in_flight += 1;
             self.commands.push_back(LooperCommand::Dispatch {
                 call: id,
-                model: record.model,
+                model,
                 body,
                 timeout_ms,
             });
@@ -322,13 +617,18 @@ impl Runtime {
     /// Records a finished call: usage and cost count whether it succeeded or not. Returns
     /// false for calls that are not in flight (unknown, or abandoned after the looper ended).
     pub(super) fn record_result(&mut self, id: CallId, outcome: &CallOutcome) -> bool {
+        if self.call(id).map(|c| c.state) != Some(CallState::InFlight) {
+            return false;
+        }
+        self.release(id);
         let now = self.now;
+        let price = self
+            .call(id)
+            .and_then(|c| self.config.model(c.model))
+            .map(|m| m.price);
         let Some(record) = self.calls.get_mut(id.0 as usize) else {
             return false;
         };
-        if record.state != CallState::InFlight {
-            return false;
-        }
         record.state = CallState::Done;
         record.finished_at = Some(now);
         record.outcome = Some(outcome.name());
@@ -338,7 +638,6 @@ impl Runtime {
         }
         if let Some(usage) = outcome.usage() {
             record.usage = Some(*usage);
-            let price = self.config.model(record.model).map(|m| m.price);
             record.cost = price.map_or(0.0, |p| {
                 p.cost(usage.prompt_tokens, usage.completion_tokens)
             });
@@ -353,6 +652,64 @@ impl Runtime {
             outcome: outcome.name(),
         });
         true
+    }
+
+    /// Applies the recipe's failure policy to a failed call. Returns the call the algorithm
+    /// should hear about (the original step for a fallback retry), or `None` while a fallback
+    /// retry is running or once the policy ended the request.
+    pub(super) fn apply_failure_policy(
+        &mut self,
+        id: CallId,
+        outcome: &CallOutcome,
+    ) -> Option<CallId> {
+        let Some(record) = self.call(id) else {
+            return Some(id);
+        };
+        let step = record.fallback_of.unwrap_or(id);
+        let CallOutcome::Failed { kind, .. } = outcome else {
+            return Some(step);
+        };
+        // A request the upstream calls invalid is the algorithm's to judge, not a failure to
+        // retry elsewhere.
+        if kind.is_client_error() {
+            return Some(step);
+        }
+        let alias = self.alias(record.model).to_string();
+        let role = record.role;
+        match self.recipe.on_failure {
+            FailurePolicy::Skip => {
+                self.event(LooperEvent::PolicySkip);
+                Some(step)
+            }
+            FailurePolicy::Fail => {
+                self.event(LooperEvent::PolicyFail);
+                self.finish(
+                    Err(ApiError::all_upstreams_failed(&format!(
+                        "a {role} call failed and the recipe's failure policy is `fail`"
+                    ))),
+                    format!("{alias} ({role}) failed: {}; policy fail", kind.describe()),
+                );
+                None
+            }
+            FailurePolicy::Fallback(fallback) => {
+                if record.fallback_of.is_some() || record.model == fallback {
+                    return Some(step);
+                }
+                let plan = (*record.plan).clone();
+                let fallback_alias = self.alias(fallback).to_string();
+                match self.dispatch_inner(fallback, plan, Some(id)) {
+                    Ok(_) => {
+                        self.event(LooperEvent::PolicyFallback);
+                        self.note(format!(
+                            "{alias} ({role}) failed: {}; retrying on {fallback_alias}",
+                            kind.describe()
+                        ));
+                        None
+                    }
+                    Err(_) => Some(step),
+                }
+            }
+        }
     }
 
     /// Ends the looper. Calls still in flight are abandoned; queued ones, and dispatches the
@@ -371,7 +728,7 @@ impl Runtime {
             }
             _ => true,
         });
-        for id in unsent {
+        for id in &unsent {
             if let Some(record) = self.calls.get_mut(id.0 as usize) {
                 record.state = CallState::Done;
                 record.outcome = Some("skipped");
@@ -380,11 +737,12 @@ impl Runtime {
                 self.in_flight = self.in_flight.saturating_sub(1);
             }
         }
-        for id in self.queue.drain(..) {
+        let queued: Vec<CallId> = self.queue.drain(..).collect();
+        for id in unsent.into_iter().chain(queued) {
+            self.release(id);
             if let Some(record) = self.calls.get_mut(id.0 as usize) {
                 record.state = CallState::Done;
                 record.outcome = Some("skipped");
-                record.pending_body = None;
             }
         }
         for record in &mut self.calls {
@@ -431,7 +789,7 @@ impl Runtime {
                     (Some(s), Some(f)) => json!(f.since(s)),
                     _ => Value::Null,
                 };
-                json!({
+                let mut step = json!({
                     "call": c.id.0,
                     "role": c.role,
                     "model": self.alias(c.model),
@@ -449,15 +807,26 @@ impl Runtime {
                     "timeout_ms": c.timeout_ms,
                     "usage": c.usage.map(|u| u.to_json()),
                     "cost": c.cost,
-                })
+                    "answer": c.answer,
+                    "score": c.score,
+                });
+                if let (Some(orig), Value::Object(obj)) = (c.fallback_of, &mut step) {
+                    obj.insert("fallback_of".into(), json!(orig.0));
+                }
+                step
             })
             .collect();
-        json!({
+        let budget = &self.recipe.budget;
+        let mut trace = json!({
             "recipe": self.recipe.name,
             "algorithm": self.recipe.algorithm.name(),
+            "contract": self.recipe.contract.name(),
             "budget": {
-                "max_calls": self.recipe.budget.max_calls,
+                "max_calls": budget.max_calls,
+                "max_concurrent": self.max_concurrent,
                 "deadline_ms": self.deadline_ms,
+                "token_budget": budget.token_budget,
+                "cost_budget": budget.cost_budget,
             },
             "steps": steps,
             "notes": self.notes,
@@ -465,6 +834,13 @@ impl Runtime {
             "abandoned_calls": self.abandoned_calls(),
             "usage": self.usage.to_json(),
             "cost": self.cost,
-        })
+            "confidence": self.confidence,
+        });
+        if let Value::Object(obj) = &mut trace {
+            for (k, v) in &self.details {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+        trace
     }
 }

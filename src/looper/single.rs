@@ -1,7 +1,7 @@
 //! `single`: one model answers; on a failure that another model might not have (5xx, timeout,
 //! connect failure, reset, invalid body, rate limit) the next model in the list is tried.
 
-use super::{Algorithm, Answer, CallId, CallOutcome, FailureKind, Runtime, Stop};
+use super::{Algorithm, Answer, CallDone, CallOutcome, CallPlan, FailureKind, Runtime, Stop};
 use crate::config::ModelId;
 use crate::openai::ApiError;
 
@@ -39,11 +39,7 @@ impl Single {
             return;
         };
         self.next += 1;
-        let Some(upstream) = rt.config().model(model) else {
-            return self.try_next(rt);
-        };
-        let body = rt.request().upstream_body(&upstream.upstream_model, &[]);
-        match rt.dispatch(model, "answer", body) {
+        match rt.dispatch(model, CallPlan::answer("answer")) {
             Ok(_) if self.next > 1 => rt.failover(model),
             Ok(_) => {}
             Err(Stop::Deadline) => {
@@ -66,17 +62,17 @@ impl Algorithm for Single {
         self.try_next(rt);
     }
 
-    fn on_call_done(&mut self, rt: &mut Runtime, call: CallId, outcome: CallOutcome) {
-        let model = rt.call(call).map(|c| c.model);
-        let alias = model.map_or("?", |m| rt.alias(m)).to_string();
-        match (outcome, model) {
-            (CallOutcome::Ok(completion), Some(model)) => {
+    fn on_call_done(&mut self, rt: &mut Runtime, done: CallDone) {
+        let model = done.model;
+        let alias = rt.alias(model).to_string();
+        match done.outcome {
+            CallOutcome::Ok(completion) => {
                 rt.finish(
                     Ok(Answer::Upstream { model, completion }),
                     format!("answered by {alias}"),
                 );
             }
-            (CallOutcome::Failed { kind, .. }, _) if kind.is_client_error() => {
+            CallOutcome::Failed { kind, .. } if kind.is_client_error() => {
                 let status = match kind {
                     FailureKind::Status(s) => s,
                     _ => 400,
@@ -86,12 +82,11 @@ impl Algorithm for Single {
                     format!("{alias} rejected the request as invalid (HTTP {status})"),
                 );
             }
-            (CallOutcome::Failed { kind, .. }, _) => {
+            CallOutcome::Failed { kind, .. } => {
                 self.only_rate_limited &= kind == FailureKind::Status(429);
                 self.failures.push(format!("{alias}: {}", kind.describe()));
                 self.try_next(rt);
             }
-            (CallOutcome::Ok(_), None) => self.try_next(rt),
         }
     }
 }

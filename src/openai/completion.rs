@@ -50,6 +50,15 @@ impl FinalCompletion {
         }
     }
 
+    /// Removes token logprobs from every choice (they were requested by the gateway).
+    pub fn clear_logprobs(&mut self) {
+        for choice in &mut self.choices {
+            if let Some(obj) = choice.as_object_mut() {
+                obj.insert("logprobs".into(), Value::Null);
+            }
+        }
+    }
+
     /// The JSON reply, with the optional `looper_trace` object.
     pub fn to_json(&self, trace: Option<Value>) -> Vec<u8> {
         let mut obj = self.extra.clone();

@@ -22,6 +22,8 @@ const ROLES: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
     body: Map<String, Value>,
+    /// Size of the client's body in bytes (for token estimates).
+    body_len: usize,
     model: String,
     stream: bool,
     include_usage: bool,
@@ -97,11 +99,16 @@ impl ChatRequest {
         };
         Ok(ChatRequest {
             body,
+            body_len: bytes.len(),
             model,
             stream,
             include_usage,
             n,
         })
+    }
+
+    pub fn body_len(&self) -> usize {
+        self.body_len
     }
 
     pub fn model(&self) -> &str {

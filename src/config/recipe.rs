@@ -1,0 +1,588 @@
+//! Recipes: an algorithm with its models and parameters, plus what every looper enforces
+//! (budget, failure policy, output contract, per-role sampling parameters).
+
+use super::reader::{ConfigResult, Node, Object};
+use super::{bounds, is_valid_name, named, ModelId, UpstreamModel};
+use crate::contract::Contract;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Defaults of the recipe-level bounds.
+pub mod recipe_defaults {
+    /// Confidence threshold of a candidate when none is configured (the usual starting point
+    /// before calibrating on dev data).
+    pub const THRESHOLD: f64 = 0.7;
+    /// AutoMix verification samples (the paper's code uses 8; 4 halves the cost).
+    pub const SAMPLES: u64 = 4;
+    pub const SAMPLE_TEMPERATURE: f64 = 1.0;
+    pub const HYBRID_WEIGHT: f64 = 0.5;
+    /// Parallel calls of a Ratings panel.
+    pub const RATINGS_CONCURRENCY: u64 = 3;
+    pub const MAX_SAMPLES: u64 = 16;
+}
+
+/// What happens when a call fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Go on with what succeeded (the algorithm decides what that means).
+    Skip,
+    /// Any failed call fails the request (502).
+    Fail,
+    /// Retry the failed step once on this model.
+    Fallback(ModelId),
+}
+
+/// Sampling parameters a recipe sets for the calls of one role.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RoleParams {
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<u64>,
+    pub reasoning_effort: Option<String>,
+}
+
+/// Bounds every looper enforces for one request of this recipe.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Budget {
+    pub max_calls: u32,
+    /// Calls in flight at once for one request; further calls wait in a queue.
+    pub max_concurrent: u32,
+    /// Overrides `limits.request_deadline_ms` when set (never beyond the hard maximum).
+    pub deadline_ms: Option<u64>,
+    /// Caps every call's timeout for this recipe (each model's own timeout still applies).
+    pub call_timeout_ms: Option<u64>,
+    /// Total tokens (prompt + completion) over every call of a request.
+    pub token_budget: Option<u64>,
+    /// Total cost over every call of a request, from the models' prices.
+    pub cost_budget: Option<f64>,
+}
+
+/// How a Confidence candidate's answer is scored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfidenceMethod {
+    /// Geometric mean probability of the answer tokens (all tokens when the answer cannot be
+    /// located).
+    AvgLogprob,
+    /// Mean probability gap between the chosen token and the runner-up.
+    Margin,
+    /// A weighted mix of the two.
+    Hybrid,
+    /// One verification call that rates the answer.
+    SelfVerify,
+    /// `samples` verification samples at a high temperature; the share that says "correct".
+    Automix,
+}
+
+impl ConfidenceMethod {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ConfidenceMethod::AvgLogprob => "avg_logprob",
+            ConfidenceMethod::Margin => "margin",
+            ConfidenceMethod::Hybrid => "hybrid",
+            ConfidenceMethod::SelfVerify => "self_verify",
+            ConfidenceMethod::Automix => "automix",
+        }
+    }
+
+    pub fn needs_logprobs(&self) -> bool {
+        matches!(
+            self,
+            ConfidenceMethod::AvgLogprob | ConfidenceMethod::Margin | ConfidenceMethod::Hybrid
+        )
+    }
+
+    fn parse(node: &Node<'_>) -> ConfigResult<ConfidenceMethod> {
+        Ok(match node.string()? {
+            "avg_logprob" => ConfidenceMethod::AvgLogprob,
+            "margin" => ConfidenceMethod::Margin,
+            "hybrid" => ConfidenceMethod::Hybrid,
+            "self_verify" => ConfidenceMethod::SelfVerify,
+            "automix" => ConfidenceMethod::Automix,
+            other => {
+                return Err(node.error(format!(
+                    "unknown method `{other}` (one of: avg_logprob, margin, hybrid, \
+                     self_verify, automix)"
+                )))
+            }
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Candidate {
+    pub model: ModelId,
+    /// The answer is accepted when its confidence is at least this (0 accepts anything).
+    pub threshold: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConfidenceRecipe {
+    /// In the order they are tried.
+    pub candidates: Vec<Candidate>,
+    pub method: ConfidenceMethod,
+    /// For candidates that give no logprobs (configured so, or none came back).
+    pub fallback_method: ConfidenceMethod,
+    /// Share of `avg_logprob` in `hybrid` (the rest is `margin`).
+    pub hybrid_weight: f64,
+    /// Who verifies for `self_verify`/`automix`; the candidate itself when `None`.
+    pub verifier: Option<ModelId>,
+    pub samples: u32,
+    pub sample_temperature: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Member {
+    pub model: ModelId,
+    /// Vote weight: configured, or the log-odds of a configured accuracy.
+    pub weight: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RatingsRecipe {
+    pub members: Vec<Member>,
+    /// Accuracy-derived weights use this many possible answers (the contract's options, or
+    /// 2 when unknown).
+    pub options: usize,
+    /// Picks the best response when no answer can be extracted for a vote.
+    pub judge: Option<ModelId>,
+}
+
+/// What a recipe runs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Algorithm {
+    /// One model, with the rest of `models` as an ordered failover list.
+    Single { models: Vec<ModelId> },
+    /// Sequential escalation through candidates until one is confident enough.
+    Confidence(ConfidenceRecipe),
+    /// A bounded parallel panel and a rating-weighted vote.
+    Ratings(RatingsRecipe),
+}
+
+impl Algorithm {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Algorithm::Single { .. } => "single",
+            Algorithm::Confidence(_) => "confidence",
+            Algorithm::Ratings(_) => "ratings",
+        }
+    }
+
+    /// The roles whose calls this algorithm makes (for `roles` overrides).
+    fn roles(&self) -> &'static [&'static str] {
+        match self {
+            Algorithm::Single { .. } => &["answer"],
+            Algorithm::Confidence(_) => &["answer", "verifier"],
+            Algorithm::Ratings(_) => &["answer", "judge"],
+        }
+    }
+}
+
+const AVAILABLE: &str = "single, confidence, ratings";
+const RESERVED_ALGORITHMS: &[&str] = &["remom", "fusion", "workflows"];
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recipe {
+    pub name: String,
+    pub algorithm: Algorithm,
+    pub budget: Budget,
+    pub contract: Contract,
+    pub on_failure: FailurePolicy,
+    roles: Vec<(String, RoleParams)>,
+}
+
+impl Recipe {
+    /// Sampling overrides for calls of `role`.
+    pub fn role(&self, role: &str) -> Option<&RoleParams> {
+        self.roles.iter().find(|(r, _)| r == role).map(|(_, p)| p)
+    }
+}
+
+pub(super) fn parse_recipes(
+    field: &Node<'_>,
+    aliases: &HashMap<&str, ModelId>,
+    models: &[UpstreamModel],
+) -> ConfigResult<Vec<Rc<Recipe>>> {
+    let obj = named(field, "recipe")?;
+    if obj.len() > bounds::MAX_RECIPES {
+        return Err(obj.error(format!("at most {} recipes", bounds::MAX_RECIPES)));
+    }
+    let mut recipes = Vec::with_capacity(obj.len());
+    for (name, field) in obj.entries() {
+        if name.is_empty() || name.len() > bounds::MAX_NAME_LEN || !is_valid_name(name) {
+            return Err(field.error("recipe name must be 1-256 characters of [A-Za-z0-9-_.:/@]"));
+        }
+        recipes.push(Rc::new(parse_recipe(name, &field, aliases, models)?));
+    }
+    Ok(recipes)
+}
+
+const COMMON_FIELDS: &[&str] = &[
+    "algorithm",
+    "description",
+    "contract",
+    "on_failure",
+    "roles",
+    "max_calls",
+    "max_concurrent",
+    "deadline_ms",
+    "call_timeout_ms",
+    "token_budget",
+    "cost_budget",
+];
+
+fn allowed(specific: &[&'static str]) -> Vec<&'static str> {
+    COMMON_FIELDS.iter().chain(specific).copied().collect()
+}
+
+fn parse_recipe(
+    name: &str,
+    field: &Node<'_>,
+    aliases: &HashMap<&str, ModelId>,
+    models: &[UpstreamModel],
+) -> ConfigResult<Recipe> {
+    let obj = field.object()?;
+    let algorithm_field = obj.required("algorithm")?;
+    let contract = match obj.field("contract") {
+        Some(f) => parse_contract(&f)?,
+        None => Contract::Text,
+    };
+    let (algorithm, default_calls, default_concurrency) = match algorithm_field.string()? {
+        "single" => {
+            obj.deny_unknown(&allowed(&["models"]))?;
+            let models = parse_model_list(&obj.required("models")?, aliases)?;
+            let calls = models.len() as u64;
+            (Algorithm::Single { models }, calls, 1)
+        }
+        "confidence" => {
+            obj.deny_unknown(&allowed(&[
+                "candidates",
+                "order",
+                "method",
+                "fallback_method",
+                "hybrid_weight",
+                "verifier",
+                "samples",
+                "sample_temperature",
+            ]))?;
+            let recipe = parse_confidence(&obj, aliases, models)?;
+            // One answer and, at most, one verification call per candidate.
+            let calls = recipe.candidates.len() as u64 * 2;
+            (Algorithm::Confidence(recipe), calls, 1)
+        }
+        "ratings" => {
+            obj.deny_unknown(&allowed(&["members", "judge"]))?;
+            let recipe = parse_ratings(&obj, aliases, &contract)?;
+            let calls = recipe.members.len() as u64 + u64::from(recipe.judge.is_some());
+            (
+                Algorithm::Ratings(recipe),
+                calls,
+                recipe_defaults::RATINGS_CONCURRENCY,
+            )
+        }
+        other if RESERVED_ALGORITHMS.contains(&other) => {
+            return Err(algorithm_field.error(format!(
+                "algorithm `{other}` is not available in this version (available: {AVAILABLE})"
+            )))
+        }
+        other => {
+            return Err(algorithm_field.error(format!(
+                "unknown algorithm `{other}` (available: {AVAILABLE})"
+            )))
+        }
+    };
+    let max_calls = obj
+        .opt_integer("max_calls", 1, bounds::MAX_CALLS)?
+        .unwrap_or(default_calls.clamp(1, bounds::MAX_CALLS));
+    let max_concurrent = match obj.field("max_concurrent") {
+        Some(f)
+            if matches!(
+                algorithm,
+                Algorithm::Single { .. } | Algorithm::Confidence(_)
+            ) =>
+        {
+            return Err(f.error(format!(
+                "`{}` makes one call at a time; max_concurrent does not apply",
+                algorithm.name()
+            )))
+        }
+        Some(f) => f.integer(1, bounds::MAX_CALLS)?,
+        None => default_concurrency,
+    };
+    let budget = Budget {
+        max_calls: max_calls as u32,
+        max_concurrent: max_concurrent.min(max_calls) as u32,
+        deadline_ms: obj.opt_integer("deadline_ms", 1, bounds::MAX_DEADLINE_MS)?,
+        call_timeout_ms: obj.opt_integer("call_timeout_ms", 1, bounds::MAX_TIMEOUT_MS)?,
+        token_budget: obj.opt_integer("token_budget", 1, u64::MAX >> 1)?,
+        cost_budget: obj.opt_number("cost_budget", 0.0, 1e9)?,
+    };
+    let on_failure = match obj.field("on_failure") {
+        Some(f) => parse_failure_policy(&f, aliases)?,
+        None => FailurePolicy::Skip,
+    };
+    let roles = match obj.field("roles") {
+        Some(f) => parse_roles(&f, algorithm.roles())?,
+        None => Vec::new(),
+    };
+    if let Some(description) = obj.field("description") {
+        description.string()?;
+    }
+    Ok(Recipe {
+        name: name.to_string(),
+        algorithm,
+        budget,
+        contract,
+        on_failure,
+        roles,
+    })
+}
+
+fn parse_model(node: &Node<'_>, aliases: &HashMap<&str, ModelId>) -> ConfigResult<ModelId> {
+    let alias = node.string()?;
+    aliases
+        .get(alias)
+        .copied()
+        .ok_or_else(|| node.error(format!("unknown model `{alias}` (not in `models`)")))
+}
+
+pub(super) fn parse_model_list(
+    field: &Node<'_>,
+    aliases: &HashMap<&str, ModelId>,
+) -> ConfigResult<Vec<ModelId>> {
+    let items = field.elements()?;
+    check_list_len(field, items.len())?;
+    let mut ids = Vec::with_capacity(items.len());
+    for node in &items {
+        let id = parse_model(node, aliases)?;
+        if ids.contains(&id) {
+            return Err(node.error("this model is listed twice"));
+        }
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+fn check_list_len(field: &Node<'_>, len: usize) -> ConfigResult<()> {
+    if len == 0 {
+        return Err(field.error("must list at least one model"));
+    }
+    if len > bounds::MAX_MODELS_PER_RECIPE {
+        return Err(field.error(format!("at most {} models", bounds::MAX_MODELS_PER_RECIPE)));
+    }
+    Ok(())
+}
+
+fn parse_confidence(
+    obj: &Object<'_>,
+    aliases: &HashMap<&str, ModelId>,
+    models: &[UpstreamModel],
+) -> ConfigResult<ConfidenceRecipe> {
+    let list = obj.required("candidates")?;
+    let items = list.elements()?;
+    check_list_len(&list, items.len())?;
+    let mut candidates: Vec<Candidate> = Vec::with_capacity(items.len());
+    for item in &items {
+        let entry = item.object()?;
+        entry.deny_unknown(&["model", "threshold"])?;
+        let model_field = entry.required("model")?;
+        let model = parse_model(&model_field, aliases)?;
+        if candidates.iter().any(|c| c.model == model) {
+            return Err(model_field.error("this model is listed twice"));
+        }
+        candidates.push(Candidate {
+            model,
+            threshold: entry
+                .opt_number("threshold", 0.0, 1.0)?
+                .unwrap_or(recipe_defaults::THRESHOLD),
+        });
+    }
+    if let Some(order) = obj.field("order") {
+        match order.string()? {
+            "declared" => {}
+            "price" => {
+                let price = |c: &Candidate| {
+                    models.get(c.model.0).map_or(0.0, |m| {
+                        m.price.input_per_million + m.price.output_per_million
+                    })
+                };
+                candidates.sort_by(|a, b| price(a).total_cmp(&price(b)));
+            }
+            _ => return Err(order.error("must be \"declared\" or \"price\"")),
+        }
+    }
+    let method = match obj.field("method") {
+        Some(f) => ConfidenceMethod::parse(&f)?,
+        None => ConfidenceMethod::AvgLogprob,
+    };
+    let fallback_method = match obj.field("fallback_method") {
+        Some(f) => {
+            let m = ConfidenceMethod::parse(&f)?;
+            if m.needs_logprobs() {
+                return Err(f.error("must not need logprobs (self_verify or automix)"));
+            }
+            m
+        }
+        None => ConfidenceMethod::SelfVerify,
+    };
+    let verifier = obj
+        .field("verifier")
+        .map(|f| parse_model(&f, aliases))
+        .transpose()?;
+    Ok(ConfidenceRecipe {
+        candidates,
+        method,
+        fallback_method,
+        hybrid_weight: obj
+            .opt_number("hybrid_weight", 0.0, 1.0)?
+            .unwrap_or(recipe_defaults::HYBRID_WEIGHT),
+        verifier,
+        samples: obj
+            .opt_integer("samples", 1, recipe_defaults::MAX_SAMPLES)?
+            .unwrap_or(recipe_defaults::SAMPLES) as u32,
+        sample_temperature: obj
+            .opt_number("sample_temperature", 0.0, 2.0)?
+            .unwrap_or(recipe_defaults::SAMPLE_TEMPERATURE),
+    })
+}
+
+fn parse_ratings(
+    obj: &Object<'_>,
+    aliases: &HashMap<&str, ModelId>,
+    contract: &Contract,
+) -> ConfigResult<RatingsRecipe> {
+    let options = contract.option_count().unwrap_or(2);
+    let list = obj.required("members")?;
+    let items = list.elements()?;
+    check_list_len(&list, items.len())?;
+    let mut members: Vec<Member> = Vec::with_capacity(items.len());
+    for item in &items {
+        let entry = item.object()?;
+        entry.deny_unknown(&["model", "weight", "accuracy"])?;
+        let model_field = entry.required("model")?;
+        let model = parse_model(&model_field, aliases)?;
+        if members.iter().any(|m| m.model == model) {
+            return Err(model_field.error("this model is listed twice"));
+        }
+        let weight = match (entry.field("weight"), entry.field("accuracy")) {
+            (Some(w), None) => w.number(0.0, 1e6)?,
+            (None, Some(a)) => crate::vote::log_odds_weight(a.number(0.0, 1.0)?, options),
+            (None, None) => 1.0,
+            (Some(_), Some(_)) => return Err(entry.error("set `weight` or `accuracy`, not both")),
+        };
+        members.push(Member { model, weight });
+    }
+    let judge = obj
+        .field("judge")
+        .map(|f| parse_model(&f, aliases))
+        .transpose()?;
+    Ok(RatingsRecipe {
+        members,
+        options,
+        judge,
+    })
+}
+
+fn parse_contract(field: &Node<'_>) -> ConfigResult<Contract> {
+    let obj = field.object()?;
+    let kind = obj.required("type")?;
+    Ok(match kind.string()? {
+        "choice" => {
+            obj.deny_unknown(&["type", "options"])?;
+            let options: Vec<char> = match obj.field("options") {
+                Some(f) => {
+                    let letters = f.string()?;
+                    let options: Vec<char> = letters.chars().collect();
+                    let valid = options.len() >= 2
+                        && options.len() <= 26
+                        && options.iter().all(char::is_ascii_uppercase)
+                        && options
+                            .iter()
+                            .enumerate()
+                            .all(|(i, c)| !options.iter().skip(i + 1).any(|d| d == c));
+                    if !valid {
+                        return Err(
+                            f.error("must be 2 to 26 distinct capital letters, e.g. \"ABCD\"")
+                        );
+                    }
+                    options
+                }
+                None => "ABCD".chars().collect(),
+            };
+            Contract::Choice { options }
+        }
+        "exact" => {
+            obj.deny_unknown(&["type"])?;
+            Contract::Exact
+        }
+        "code" => {
+            obj.deny_unknown(&["type", "language"])?;
+            Contract::Code {
+                language: obj.opt_string("language")?.map(|l| l.trim().to_lowercase()),
+            }
+        }
+        "json" => {
+            obj.deny_unknown(&["type", "required_keys"])?;
+            let mut keys = Vec::new();
+            if let Some(list) = obj.field("required_keys") {
+                for key in list.elements()? {
+                    keys.push(key.non_empty_string(256)?.to_string());
+                }
+            }
+            Contract::Json {
+                required_keys: keys,
+            }
+        }
+        "text" => {
+            obj.deny_unknown(&["type"])?;
+            Contract::Text
+        }
+        other => {
+            return Err(kind.error(format!(
+                "unknown contract `{other}` (one of: choice, exact, code, json, text)"
+            )))
+        }
+    })
+}
+
+fn parse_failure_policy(
+    field: &Node<'_>,
+    aliases: &HashMap<&str, ModelId>,
+) -> ConfigResult<FailurePolicy> {
+    let obj = field.object()?;
+    obj.deny_unknown(&["policy", "model"])?;
+    let policy = obj.required("policy")?;
+    let model = obj.field("model");
+    match (policy.string()?, model) {
+        ("skip", None) => Ok(FailurePolicy::Skip),
+        ("fail", None) => Ok(FailurePolicy::Fail),
+        ("fallback", Some(m)) => Ok(FailurePolicy::Fallback(parse_model(&m, aliases)?)),
+        ("fallback", None) => Err(obj.error("`fallback` needs a `model`")),
+        ("skip" | "fail", Some(m)) => Err(m.error("only `fallback` takes a model")),
+        _ => Err(policy.error("must be \"skip\", \"fail\" or \"fallback\"")),
+    }
+}
+
+fn parse_roles(field: &Node<'_>, known: &[&str]) -> ConfigResult<Vec<(String, RoleParams)>> {
+    let obj = field.object()?;
+    obj.deny_unknown(known)?;
+    let mut roles = Vec::new();
+    for (role, entry) in obj.entries() {
+        let params = entry.object()?;
+        params.deny_unknown(&["temperature", "max_tokens", "reasoning_effort"])?;
+        let reasoning_effort = match params.field("reasoning_effort") {
+            Some(f) => match f.string()? {
+                e @ ("minimal" | "low" | "medium" | "high") => Some(e.to_string()),
+                _ => return Err(f.error("must be minimal, low, medium or high")),
+            },
+            None => None,
+        };
+        roles.push((
+            role.to_string(),
+            RoleParams {
+                temperature: params.opt_number("temperature", 0.0, 2.0)?,
+                max_tokens: params.opt_integer("max_tokens", 1, 1_000_000)?,
+                reasoning_effort,
+            },
+        ));
+    }
+    Ok(roles)
+}
