@@ -49,7 +49,16 @@ Looper is serving on http://$LISTEN  (Envoy admin: http://127.0.0.1:9901, logs i
   curl -sN http://$LISTEN/v1/chat/completions -H 'content-type: application/json' \\
     -d '{"model":"vllm-sr/auto","stream":true,"messages":[{"role":"user","content":"Say hello"}]}'
 
+  curl -s http://$LISTEN/v1/chat/completions -H 'content-type: application/json' -H 'x-looper-trace: 1' \\
+    -d '{"model":"looper/confidence","messages":[{"role":"user","content":"Which is prime? A) 4 B) 6 C) 7 D) 9 [sim:mc=C]"}]}'
+
+  curl -s http://$LISTEN/v1/chat/completions -H 'content-type: application/json' -i \\
+    -d '{"model":"looper/ratings","messages":[{"role":"user","content":"Which is prime? A) 4 B) 6 C) 7 D) 9 [sim:mc=C]"}]}'
+
   curl -s http://$LISTEN/v1/models
+
+(The simulator reads [sim:...] directives: mc=C says the right option is C; see
+integration/simulator/README.md.)
 
 Press Ctrl-C to stop.
 MSG

@@ -1,8 +1,9 @@
 //! Chat completion requests: validation, deterministic answer generation,
 //! and rendering as a JSON `chat.completion` or as SSE chunks.
 //!
-//! Token model: a content string is always words joined by single spaces;
-//! token 0 is the first word, every later token is `" " + word`, so the
+//! Token model: a content string is always words joined by single spaces
+//! (or, in verifier and judge replies, by a newline); token 0 is the first
+//! word, every later token is its separator followed by its word, so the
 //! tokens concatenate back to the content exactly. Prompt tokens are the
 //! whitespace-separated words of all message text plus 3 per message.
 
@@ -12,7 +13,9 @@ use crate::config::ModelConfig;
 use crate::directives::Directives;
 use crate::error::ApiError;
 use crate::faults::FaultKind;
+use crate::questions::{self, Forced, Prompt, Quality, Question};
 use crate::rng::{Fnv64, SplitMix64};
+use crate::stats::Tally;
 
 pub const MAX_N: u64 = 8;
 pub const MAX_TOP_LOGPROBS: u64 = 20;
@@ -83,6 +86,10 @@ pub const VOCAB: &[&str] = &[
     "maybe",
 ];
 
+/// Vocabulary words never used as filler before `ANSWER:` (they could read
+/// as an answer).
+const NOT_FILLER: &[&str] = &["answer", "is", "seven", "42", "3.14", "yes", "no", "maybe"];
+
 /// A validated `POST /v1/chat/completions` request.
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
@@ -91,6 +98,8 @@ pub struct ChatRequest {
     pub messages: Value,
     /// Every text of every message (string contents and text parts), in order.
     pub texts: Vec<String>,
+    /// The text of the last `user` message (its text parts joined by `\n`).
+    pub last_user: Option<String>,
     pub message_count: u64,
     pub n: u64,
     pub max_tokens: Option<u64>,
@@ -147,7 +156,7 @@ impl ChatRequest {
             }
         };
         let messages = obj.remove("messages").unwrap_or(Value::Null);
-        let texts = message_texts(&messages)?;
+        let (texts, last_user) = message_texts(&messages)?;
         let message_count = messages.as_array().map_or(0, |a| a.len() as u64);
         let n = match opt_uint(&obj, "n", MAX_N)? {
             None => 1,
@@ -178,6 +187,7 @@ impl ChatRequest {
             model,
             messages,
             texts,
+            last_user,
             message_count,
             n,
             max_tokens,
@@ -199,7 +209,8 @@ impl ChatRequest {
     }
 }
 
-fn message_texts(messages: &Value) -> Result<Vec<String>, ApiError> {
+/// Every text of `messages`, and the text of the last user message.
+fn message_texts(messages: &Value) -> Result<(Vec<String>, Option<String>), ApiError> {
     let param = Some("messages");
     let list = match messages {
         Value::Array(list) if !list.is_empty() => list,
@@ -213,6 +224,7 @@ fn message_texts(messages: &Value) -> Result<Vec<String>, ApiError> {
         _ => return Err(ApiError::invalid("`messages` must be an array", param)),
     };
     let mut texts = Vec::new();
+    let mut last_user = None;
     for (i, msg) in list.iter().enumerate() {
         let Some(msg) = msg.as_object() else {
             return Err(ApiError::invalid(
@@ -220,12 +232,13 @@ fn message_texts(messages: &Value) -> Result<Vec<String>, ApiError> {
                 param,
             ));
         };
-        if !matches!(msg.get("role"), Some(Value::String(_))) {
+        let Some(Value::String(role)) = msg.get("role") else {
             return Err(ApiError::invalid(
                 format!("messages[{i}].role must be a string"),
                 param,
             ));
-        }
+        };
+        let first_text = texts.len();
         match msg.get("content") {
             None | Some(Value::Null) => {}
             Some(Value::String(s)) => texts.push(s.clone()),
@@ -257,8 +270,11 @@ fn message_texts(messages: &Value) -> Result<Vec<String>, ApiError> {
                 ))
             }
         }
+        if role == "user" {
+            last_user = Some(texts.get(first_text..).unwrap_or(&[]).join("\n"));
+        }
     }
-    Ok(texts)
+    Ok((texts, last_user))
 }
 
 /// The tokens of `content` (see the module docs); concatenating them gives
@@ -269,11 +285,13 @@ pub fn tokens(content: &str) -> impl Iterator<Item = &str> {
         if rest.is_empty() {
             return None;
         }
-        // Every token but the first starts with its separating space.
+        // Every token but the first starts with its separating space or
+        // newline.
+        let first = rest.chars().next().map_or(0, char::len_utf8);
         let end = rest
-            .get(1..)
-            .and_then(|r| r.find(' '))
-            .map_or(rest.len(), |i| i + 1);
+            .get(first..)
+            .and_then(|r| r.find([' ', '\n']))
+            .map_or(rest.len(), |i| i + first);
         let (tok, tail) = rest.split_at_checked(end).unwrap_or((rest, ""));
         rest = tail;
         Some(tok)
@@ -283,7 +301,9 @@ pub fn tokens(content: &str) -> impl Iterator<Item = &str> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenLogprob {
     pub logprob: f64,
-    /// Alternatives, each less likely than the chosen token, most likely first.
+    /// The `top_logprobs` list, most likely first. For an ordinary token:
+    /// alternatives, each less likely than the chosen token. For the answer
+    /// token of a keyed question: the chosen token, then alternatives.
     pub top: Vec<(String, f64)>,
 }
 
@@ -297,6 +317,9 @@ pub struct Choice {
     /// Set for `huge` answers, whose content is one head followed by one
     /// block repeated: lets rendering escape and serialise the block once.
     pub repeat: Option<Repeat>,
+    /// For the answer to a keyed question that was not cut by `max_tokens`:
+    /// whether it is correct.
+    pub keyed: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -343,6 +366,8 @@ pub struct Completion {
     pub include_usage: bool,
     /// Body-level fault applied when rendering.
     pub fault: Option<FaultKind>,
+    /// What this response adds to the question counters once delivered.
+    pub tally: Tally,
 }
 
 /// Everything [`generate`] needs besides the request.
@@ -353,6 +378,10 @@ pub struct GenParams<'a> {
     pub fault: Option<FaultKind>,
     pub id: String,
     pub created: u64,
+    /// The keyed question the request carries, if any.
+    pub question: Option<&'a Question>,
+    /// The model's quality settings with directive overrides applied.
+    pub quality: Quality,
 }
 
 fn choice_seed(seed: u64, req: &ChatRequest, index: u64) -> u64 {
@@ -366,15 +395,73 @@ fn choice_seed(seed: u64, req: &ChatRequest, index: u64) -> u64 {
         .finish()
 }
 
+/// What the request asks the model to do.
+enum Task<'a> {
+    /// Random words.
+    Plain,
+    /// Answer a keyed question.
+    Keyed(&'a Question),
+    /// Verify a proposed answer.
+    Verify {
+        proposed: String,
+        with_confidence: bool,
+        basis: String,
+    },
+    /// Pick the best of numbered responses.
+    Judge {
+        responses: Vec<String>,
+        basis: String,
+    },
+}
+
+fn task<'a>(req: &ChatRequest, p: &GenParams<'a>) -> Task<'a> {
+    match questions::classify(req.last_user.as_deref()) {
+        Prompt::Verify {
+            proposed,
+            with_confidence,
+            outside,
+        } => Task::Verify {
+            proposed,
+            with_confidence,
+            basis: outside,
+        },
+        Prompt::Judge { responses, outside } => Task::Judge {
+            responses,
+            basis: outside,
+        },
+        Prompt::Other => p.question.map_or(Task::Plain, Task::Keyed),
+    }
+}
+
+/// Whether a fault still delivers a usable answer (so it counts in the
+/// question counters).
+fn delivers_answer(fault: Option<FaultKind>) -> bool {
+    matches!(
+        fault,
+        None | Some(FaultKind::Hang | FaultKind::Slow | FaultKind::NoUsage)
+    )
+}
+
 /// Builds the completion for `req`. Deterministic in everything but `id`
 /// and `created`.
 pub fn generate(req: &ChatRequest, p: &GenParams<'_>) -> Completion {
+    let task = task(req, p);
+    let mut tally = Tally::default();
     let mut choices = Vec::new();
     for index in 0..req.n {
-        choices.push(generate_choice(req, p, choice_seed(p.seed, req, index)));
+        let choice = generate_choice(req, p, &task, index, &mut tally);
+        match choice.keyed {
+            Some(true) => tally.answers_correct += 1,
+            Some(false) => tally.answers_wrong += 1,
+            None => {}
+        }
+        choices.push(choice);
     }
     if p.fault == Some(FaultKind::EmptyChoices) {
         choices.clear();
+    }
+    if !delivers_answer(p.fault) {
+        tally = Tally::default();
     }
     let usage = Usage {
         prompt_tokens: req.prompt_tokens(),
@@ -395,29 +482,135 @@ pub fn generate(req: &ChatRequest, p: &GenParams<'_>) -> Completion {
         usage: (p.fault != Some(FaultKind::NoUsage)).then_some(usage),
         include_usage: req.include_usage,
         fault: p.fault,
+        tally,
     }
 }
 
-fn generate_choice(req: &ChatRequest, p: &GenParams<'_>, seed: u64) -> Choice {
-    let mut rng = SplitMix64::new(seed);
+/// The answer tokens of a keyed question carry a drawn probability.
+#[derive(Debug, Clone)]
+struct AnswerToken {
+    p: f64,
+    /// The same word of the other plausible answers, most likely first.
+    rivals: Vec<String>,
+}
+
+/// A choice before truncation and rendering.
+struct Draft {
+    /// Tokens, each with its leading separator (but the first).
+    tokens: Vec<String>,
+    /// Parallel to `tokens`: set for the answer tokens of a keyed question.
+    answer: Vec<Option<AnswerToken>>,
+    /// Seeds the logprobs of the ordinary tokens.
+    lp_seed: u64,
+    keyed: Option<bool>,
+}
+
+impl Draft {
+    fn new(tokens: Vec<String>, lp_seed: u64) -> Draft {
+        Draft {
+            answer: vec![None; tokens.len()],
+            tokens,
+            lp_seed,
+            keyed: None,
+        }
+    }
+
+    /// A reply whose content is `text` (already in the token model), with
+    /// logprobs seeded by the reply itself so they are as stable as it is.
+    fn reply(text: &str, seed: u64, model: &str, index: u64) -> Draft {
+        let lp_seed = Fnv64::new()
+            .bytes(b"looper-sim/reply")
+            .u64(seed)
+            .str(model)
+            .str(text)
+            .u64(index)
+            .finish();
+        Draft::new(tokens(text).map(str::to_string).collect(), lp_seed)
+    }
+}
+
+/// Words as tokens: the first bare, later ones after a space.
+fn word_tokens<'a>(words: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    words
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            if i == 0 {
+                w.to_string()
+            } else {
+                format!(" {w}")
+            }
+        })
+        .collect()
+}
+
+fn generate_choice(
+    req: &ChatRequest,
+    p: &GenParams<'_>,
+    task: &Task<'_>,
+    index: u64,
+    tally: &mut Tally,
+) -> Choice {
+    let seed = choice_seed(p.seed, req, index);
     let prefix = format!("[{}]", req.model);
     if p.fault == Some(FaultKind::Huge) {
-        return huge_choice(prefix, &mut rng);
+        return huge_choice(prefix, &mut SplitMix64::new(seed));
     }
-    let mut words: Vec<&str> = match &p.directives.answer {
-        Some(text) => text.split_whitespace().collect(),
-        None => {
-            let mut w = vec![prefix.as_str()];
+    let mut draft = match (&p.directives.answer, task) {
+        (Some(text), _) => Draft::new(word_tokens(text.split_whitespace()), seed),
+        (None, Task::Plain) => {
+            let mut rng = SplitMix64::new(seed);
+            let mut words = vec![prefix.as_str()];
             for _ in 0..p.model.answer_words {
-                w.push(vocab_word(rng.below(VOCAB.len() as u64)));
+                words.push(vocab_word(rng.below(VOCAB.len() as u64)));
             }
-            w
+            Draft::new(word_tokens(words), seed)
+        }
+        (None, Task::Keyed(q)) => keyed_draft(req, p, q, &prefix, index),
+        (
+            None,
+            Task::Verify {
+                proposed,
+                with_confidence,
+                basis,
+            },
+        ) => {
+            let v = questions::verify(
+                p.seed, &req.model, p.question, proposed, &p.quality, basis, index,
+            );
+            if index == 0 {
+                tally.verifications += 1;
+                tally.verifications_invalid += u64::from(v.invalid);
+            }
+            let verdict = if v.correct { "CORRECT" } else { "INCORRECT" };
+            let mut text = format!("{prefix} Checked.\nVERDICT: {verdict}");
+            if *with_confidence {
+                text.push_str(&format!("\nCONFIDENCE: {}", v.confidence));
+            }
+            Draft::reply(&text, p.seed, &req.model, index)
+        }
+        (None, Task::Judge { responses, basis }) => {
+            let best = questions::judge(
+                p.seed, &req.model, p.question, responses, &p.quality, basis, index,
+            );
+            if index == 0 {
+                tally.judgements += 1;
+            }
+            Draft::reply(
+                &format!("{prefix} Judged.\nBEST: {best}"),
+                p.seed,
+                &req.model,
+                index,
+            )
         }
     };
+    let full_len = draft.tokens.len();
     let mut finish_reason = "stop";
     if let Some(max) = req.max_tokens {
-        if (words.len() as u64) > max {
-            words.truncate(usize::try_from(max).unwrap_or(usize::MAX));
+        if (full_len as u64) > max {
+            let max = usize::try_from(max).unwrap_or(usize::MAX);
+            draft.tokens.truncate(max);
+            draft.answer.truncate(max);
             finish_reason = "length";
         }
     }
@@ -425,28 +618,86 @@ fn generate_choice(req: &ChatRequest, p: &GenParams<'_>, seed: u64) -> Choice {
         finish_reason = forced;
     }
     if p.fault == Some(FaultKind::BadUtf8) {
-        let mid = words.len() / 2;
-        match words.get_mut(mid) {
-            Some(w) => *w = BAD_UTF8_MARKER,
-            None => words.push(BAD_UTF8_MARKER),
+        let mid = draft.tokens.len() / 2;
+        match draft.tokens.get_mut(mid) {
+            Some(t) => *t = format!("{}{BAD_UTF8_MARKER}", split_sep(t).0),
+            None => draft.tokens.push(BAD_UTF8_MARKER.to_string()),
         }
     }
-    let content = words.join(" ");
+    let keyed = draft.keyed.filter(|_| draft.tokens.len() == full_len);
     let logprobs = (req.logprobs && p.model.logprobs).then(|| {
-        tokens(&content)
+        draft
+            .tokens
+            .iter()
             .enumerate()
-            .map(|(i, tok)| {
-                token_logprob(seed, i as u64, tok, p.model.mean_logprob, req.top_logprobs)
-            })
+            .map(
+                |(i, tok)| match draft.answer.get(i).and_then(Option::as_ref) {
+                    Some(a) => answer_logprob(draft.lp_seed, i as u64, tok, a, req.top_logprobs),
+                    None => token_logprob(
+                        draft.lp_seed,
+                        i as u64,
+                        tok,
+                        p.model.mean_logprob,
+                        req.top_logprobs,
+                    ),
+                },
+            )
             .collect()
     });
     Choice {
-        tokens: words.len() as u64,
-        content,
+        tokens: draft.tokens.len() as u64,
+        content: draft.tokens.concat(),
         finish_reason,
         logprobs,
         repeat: None,
+        keyed,
     }
+}
+
+/// `[<model>] <answer_words filler words> ANSWER: <answer>`.
+fn keyed_draft(
+    req: &ChatRequest,
+    p: &GenParams<'_>,
+    q: &Question,
+    prefix: &str,
+    index: u64,
+) -> Draft {
+    let forced = Forced {
+        confidence: p.directives.confidence,
+        correct: p.directives.correct,
+    };
+    let drawn = questions::draw_answer(p.seed, &req.model, q, &p.quality, forced, index);
+    let lp_seed = questions::answer_seed(p.seed, &req.model, q, index);
+    let filler: Vec<&str> = VOCAB
+        .iter()
+        .copied()
+        .filter(|w| !NOT_FILLER.contains(w))
+        .collect();
+    let mut rng = SplitMix64::new(lp_seed);
+    let mut words = vec![prefix];
+    for _ in 0..p.model.answer_words {
+        let i = usize::try_from(rng.below(filler.len() as u64)).unwrap_or(0);
+        words.push(filler.get(i).copied().unwrap_or("the"));
+    }
+    words.push("ANSWER:");
+    let answer_start = words.len();
+    words.extend(drawn.text.split_whitespace());
+    let tokens = word_tokens(words);
+    let mut draft = Draft::new(tokens, lp_seed);
+    for (j, slot) in draft.answer.iter_mut().skip(answer_start).enumerate() {
+        let chosen = drawn.text.split_whitespace().nth(j).unwrap_or("");
+        let mut rivals: Vec<String> = Vec::new();
+        for r in &drawn.rivals {
+            if let Some(w) = r.split_whitespace().nth(j) {
+                if w != chosen && !rivals.iter().any(|x| x == w) {
+                    rivals.push(w.to_string());
+                }
+            }
+        }
+        *slot = Some(AnswerToken { p: drawn.p, rivals });
+    }
+    draft.keyed = Some(drawn.correct);
+    draft
 }
 
 /// A ~12 MiB answer: the prefix word, then a 64 KiB block of random words
@@ -477,6 +728,7 @@ fn huge_choice(prefix: String, rng: &mut SplitMix64) -> Choice {
         tokens: 1 + block_words * reps as u64,
         finish_reason: "stop",
         logprobs: None,
+        keyed: None,
     }
 }
 
@@ -503,8 +755,7 @@ fn token_logprob(seed: u64, index: u64, token: &str, mean: f64, top: u64) -> Tok
     let exp1 = -(1.0 - rng.next_f64()).ln();
     let logprob = round6((mean * exp1).max(-30.0)).min(0.0);
     let rest = 1.0 - logprob.exp();
-    let leading_space = token.starts_with(' ');
-    let word = token.trim_start_matches(' ');
+    let (sep, word) = split_sep(token);
     let mut alts = Vec::new();
     let mut cursor = rng.below(VOCAB.len() as u64);
     let mut k = 0u64;
@@ -517,15 +768,75 @@ fn token_logprob(seed: u64, index: u64, token: &str, mean: f64, top: u64) -> Tok
         let kf = (k + 1) as f64;
         let by_mass = (rest * 0.5f64.powf(kf)).ln();
         let lp = round6(by_mass.min(logprob - 0.05 * kf).max(-60.0 - kf));
-        let text = if leading_space {
-            format!(" {candidate}")
-        } else {
-            candidate.to_string()
-        };
-        alts.push((text, lp));
+        alts.push((format!("{sep}{candidate}"), lp));
         k += 1;
     }
     TokenLogprob { logprob, top: alts }
+}
+
+/// A token's separator (leading spaces or newlines) and its word.
+fn split_sep(token: &str) -> (&str, &str) {
+    let word = token.trim_start_matches([' ', '\n']);
+    (token.get(..token.len() - word.len()).unwrap_or(""), word)
+}
+
+/// The logprob of an answer token of a keyed question: `ln p`, and a
+/// `top_logprobs` list of `top` entries that starts with the chosen token.
+/// The runner-up (the first rival: the key when the answer is wrong) gets
+/// `min(0.8 (1 - p), 0.9 p)`, so the chosen token stays the most likely
+/// (greedy decoding) and the margin grows with `p`; each later entry gets
+/// half the previous one (at most `0.1 (1 - p)` for the third), so the
+/// probabilities sum to less than 1. After the rivals come vocabulary words.
+fn answer_logprob(seed: u64, index: u64, token: &str, a: &AnswerToken, top: u64) -> TokenLogprob {
+    let p = a.p.clamp(0.0, 1.0);
+    let logprob = round6(p.ln().max(-30.0)).min(0.0);
+    let mut list = Vec::new();
+    if top == 0 {
+        return TokenLogprob { logprob, top: list };
+    }
+    let (sep, word) = split_sep(token);
+    list.push((token.to_string(), logprob));
+    let mut rng = SplitMix64::new(
+        Fnv64::new()
+            .u64(seed)
+            .bytes(b"answer-alt")
+            .u64(index)
+            .finish(),
+    );
+    let mut cursor = rng.below(VOCAB.len() as u64);
+    let mut used: Vec<&str> = vec![word];
+    let mut rivals = a.rivals.iter().map(String::as_str);
+    let rest = 1.0 - p;
+    let mut mass = (0.8 * rest).min(0.9 * p);
+    let mut prev = logprob;
+    for k in 1..top {
+        let name = loop {
+            if let Some(r) = rivals.next() {
+                if !used.contains(&r) {
+                    break r;
+                }
+                continue;
+            }
+            let candidate = vocab_word(cursor % VOCAB.len() as u64);
+            cursor += 1;
+            if !used.contains(&candidate) {
+                break candidate;
+            }
+        };
+        used.push(name);
+        let mut lp = round6(mass.ln().max(-60.0 - k as f64));
+        if lp >= prev {
+            lp = round6(prev - 1e-6);
+        }
+        list.push((format!("{sep}{name}"), lp));
+        prev = lp;
+        mass = if k == 1 {
+            (mass * 0.5).min(0.1 * rest)
+        } else {
+            mass * 0.5
+        };
+    }
+    TokenLogprob { logprob, top: list }
 }
 
 fn logprob_entry(token: &str, lp: &TokenLogprob) -> Value {
@@ -802,6 +1113,48 @@ mod tests {
         assert_eq!(t.concat(), c);
         assert_eq!(tokens("").count(), 0);
         assert_eq!(tokens("one").collect::<Vec<_>>(), vec!["one"]);
+        // A multi-byte first word, and newline separators.
+        assert_eq!(tokens("日本語 x").collect::<Vec<_>>(), vec!["日本語", " x"]);
+        assert_eq!(
+            tokens("[m] Checked.\nVERDICT: CORRECT").collect::<Vec<_>>(),
+            vec!["[m]", " Checked.", "\nVERDICT:", " CORRECT"]
+        );
+    }
+
+    #[test]
+    fn answer_logprobs_are_ordered_and_sum_below_one() {
+        for i in 0..200u64 {
+            let p = [1.0, 0.99, 0.75, 0.5, 0.3, 0.2, 0.01][(i % 7) as usize];
+            let a = AnswerToken {
+                p,
+                rivals: vec!["C".into(), "A".into(), "D".into()],
+            };
+            for top in [0, 1, 2, 4, 20] {
+                let lp = answer_logprob(i, 3, " B", &a, top);
+                assert_eq!(lp.logprob, round6(p.ln()));
+                assert_eq!(lp.top.len() as u64, top);
+                if top == 0 {
+                    continue;
+                }
+                assert_eq!(lp.top[0], (" B".to_string(), lp.logprob));
+                if top > 1 {
+                    assert_eq!(lp.top[1].0, " C");
+                }
+                let mut names: Vec<&str> = lp.top.iter().map(|(t, _)| t.as_str()).collect();
+                names.sort_unstable();
+                names.dedup();
+                assert_eq!(names.len() as u64, top, "{:?}", lp.top);
+                let mut prev = f64::INFINITY;
+                let mut total = 0.0;
+                for (t, l) in &lp.top {
+                    assert!(*l < prev && *l <= 0.0, "{t} {l} {prev}");
+                    assert!(t.starts_with(' '));
+                    prev = *l;
+                    total += l.exp();
+                }
+                assert!(total < 1.0 + 1e-6, "p {p}: {total}");
+            }
+        }
     }
 
     #[test]
@@ -845,6 +1198,8 @@ mod tests {
             fault: Some(FaultKind::Huge),
             id: "x".into(),
             created: 0,
+            question: None,
+            quality: Quality::default(),
         };
         let c = generate(&req, &p);
         let v: Value = serde_json::from_slice(&c.to_json_body()).unwrap();

@@ -13,6 +13,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use crate::faults::{FailureRates, FaultKind};
+use crate::questions::{Calibration, Quality};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -41,6 +42,8 @@ pub struct ModelConfig {
     /// `slow` fault: pause between writes.
     pub slow_interval_ms: u64,
     pub failure_rates: FailureRates,
+    /// Accuracy, calibration, verifier and judge settings (flat keys in JSON).
+    pub quality: Quality,
 }
 
 impl Default for ModelConfig {
@@ -56,6 +59,7 @@ impl Default for ModelConfig {
             slow_chunk_bytes: 10,
             slow_interval_ms: 50,
             failure_rates: FailureRates::new(),
+            quality: Quality::default(),
         }
     }
 }
@@ -165,6 +169,23 @@ fn parse_model(path: &str, v: &Value) -> Result<ModelConfig, ConfigError> {
         slow_chunk_bytes: f.u64("slow_chunk_bytes", d.slow_chunk_bytes, 1 << 20)?,
         slow_interval_ms: f.u64("slow_interval_ms", d.slow_interval_ms, 60_000)?,
         failure_rates: FailureRates::new(),
+        quality: Quality {
+            accuracy: f.probability("accuracy", d.quality.accuracy)?,
+            calibration: match f.str("calibration")? {
+                None => d.quality.calibration,
+                Some(name) => Calibration::parse(name).ok_or_else(|| {
+                    err(
+                        &f.path_of("calibration"),
+                        "expected calibrated, overconfident, underconfident or random",
+                    )
+                })?,
+            },
+            verifier_sensitivity: f
+                .probability("verifier_sensitivity", d.quality.verifier_sensitivity)?,
+            verifier_specificity: f
+                .probability("verifier_specificity", d.quality.verifier_specificity)?,
+            judge_skill: f.probability("judge_skill", d.quality.judge_skill)?,
+        },
     };
     if !(-50.0..=0.0).contains(&m.mean_logprob) {
         return Err(err(
@@ -259,6 +280,25 @@ impl<'a> Fields<'a> {
         }
     }
 
+    fn probability(&mut self, key: &'static str, default: f64) -> Result<f64, ConfigError> {
+        let p = self.f64(key, default)?;
+        if (0.0..=1.0).contains(&p) {
+            Ok(p)
+        } else {
+            Err(err(&self.path_of(key), "must be a probability in [0, 1]"))
+        }
+    }
+
+    fn str(&mut self, key: &'static str) -> Result<Option<&'a str>, ConfigError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| err(&self.path_of(key), "expected a string")),
+        }
+    }
+
     fn bool(&mut self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
         match self.take(key) {
             None => Ok(default),
@@ -302,7 +342,9 @@ mod tests {
             r#"{"seed":7,"models":{"m":{"latency_ms":5,"latency_jitter_ms":2,
             "token_latency_ms":1,"answer_words":3,"logprobs":false,"mean_logprob":-1.5,
             "hang_ms":10,"slow_chunk_bytes":4,"slow_interval_ms":1,
-            "failure_rates":{"status_500":0.1,"hang":0.2,"huge":0.0}}}}"#,
+            "failure_rates":{"status_500":0.1,"hang":0.2,"huge":0.0},
+            "accuracy":0.55,"calibration":"overconfident","verifier_sensitivity":1,
+            "verifier_specificity":0.5,"judge_skill":0}}}"#,
         )
         .unwrap();
         let m = &c.models["m"];
@@ -311,6 +353,16 @@ mod tests {
         assert!(!m.logprobs);
         assert_eq!(m.failure_rates.len(), 2);
         assert_eq!(m.failure_rates[&FaultKind::Hang], 0.2);
+        assert_eq!(
+            m.quality,
+            Quality {
+                accuracy: 0.55,
+                calibration: Calibration::Overconfident,
+                verifier_sensitivity: 1.0,
+                verifier_specificity: 0.5,
+                judge_skill: 0.0,
+            }
+        );
     }
 
     fn error_path(text: &str) -> String {
@@ -349,6 +401,20 @@ mod tests {
             error_path(r#"{"models":{"m":{"failure_rates":{"hang":0.6,"reset":0.6}}}}"#),
             "models.m.failure_rates"
         );
+        for (key, bad) in [
+            ("accuracy", "1.1"),
+            ("accuracy", "\"high\""),
+            ("verifier_sensitivity", "-0.1"),
+            ("verifier_specificity", "2"),
+            ("judge_skill", "true"),
+            ("calibration", "\"meh\""),
+            ("calibration", "1"),
+        ] {
+            assert_eq!(
+                error_path(&format!(r#"{{"models":{{"m":{{"{key}":{bad}}}}}}}"#)),
+                format!("models.m.{key}")
+            );
+        }
         assert_eq!(error_path(r#"{"models":{"a b":{}}}"#), "models.a b");
         assert_eq!(error_path(r#"{"models":{}}"#), "models");
         assert_eq!(error_path(r#"{}"#), "models");

@@ -11,11 +11,22 @@
 //! | `answer`  | fixed answer text, up to the closing `]` |
 //! | `finish`  | `stop`, `length` or `content_filter`   |
 //! | `usage`   | `P,C`: forced prompt/completion tokens |
+//! | `mc`      | the correct option letter of a multiple-choice question |
+//! | `options` | the option letters (2–26 distinct capitals; default `ABCD`) |
+//! | `exact`   | the answer of an exact-answer question |
+//! | `item`    | a stable identity for the question |
+//! | `accuracy`, `verifier_sensitivity`, `verifier_specificity`, `judge_skill` | a probability overriding the model's setting |
+//! | `calibration` | `calibrated`, `overconfident`, `underconfident` or `random` |
+//! | `confidence` | the answer token's probability, in `(0, 1]` |
+//! | `correct` | `yes` or `no`: force the answer's correctness |
+//!
+//! `mc` and `exact` set the same thing (the key), so the last one wins.
 //!
 //! A malformed directive (unknown key, bad value, no closing `]`) is a 400,
 //! so that typos in tests fail loudly instead of being silently ignored.
 
 use crate::faults::FaultKind;
+use crate::questions::{Calibration, QualityOverrides};
 
 const OPEN: &str = "[sim:";
 
@@ -26,13 +37,32 @@ pub enum FaultDirective {
     Kind(FaultKind),
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The key a directive gives a question.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyDirective {
+    /// `[sim:mc=B]`.
+    Choice(char),
+    /// `[sim:exact=TEXT]`, whitespace collapsed.
+    Exact(String),
+}
+
+/// Where a directive was found: (index of the text, byte offset of `[sim:`).
+pub type Location = (usize, usize);
+
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Directives {
     pub fault: Option<FaultDirective>,
     pub latency_ms: Option<u64>,
     pub answer: Option<String>,
     pub finish: Option<&'static str>,
     pub usage: Option<(u64, u64)>,
+    /// The question's key and where its directive was found.
+    pub key: Option<(KeyDirective, Location)>,
+    pub options: Option<Vec<char>>,
+    pub item: Option<String>,
+    pub confidence: Option<f64>,
+    pub correct: Option<bool>,
+    pub quality: QualityOverrides,
 }
 
 impl Directives {
@@ -53,6 +83,22 @@ impl Directives {
         if over.usage.is_some() {
             self.usage = over.usage;
         }
+        if over.key.is_some() {
+            self.key = over.key;
+        }
+        if over.options.is_some() {
+            self.options = over.options;
+        }
+        if over.item.is_some() {
+            self.item = over.item;
+        }
+        if over.confidence.is_some() {
+            self.confidence = over.confidence;
+        }
+        if over.correct.is_some() {
+            self.correct = over.correct;
+        }
+        self.quality.overlay(&over.quality);
     }
 
     /// Collects the directives that apply to `model` from `texts` (every
@@ -63,9 +109,10 @@ impl Directives {
     ) -> Result<Directives, String> {
         let mut global = Directives::default();
         let mut scoped = Directives::default();
-        for text in texts {
+        for (text_index, text) in texts.into_iter().enumerate() {
             let mut rest = text;
             while let Some(start) = rest.find(OPEN) {
+                let offset = text.len() - rest.len() + start;
                 let after = rest.get(start + OPEN.len()..).unwrap_or("");
                 let end = after.find(']').ok_or_else(|| {
                     format!(
@@ -76,7 +123,10 @@ impl Directives {
                 let body = after.get(..end).unwrap_or("");
                 rest = after.get(end + 1..).unwrap_or("");
                 let (key, target, value) = split_directive(body)?;
-                let parsed = parse_one(key, value)?;
+                let mut parsed = parse_one(key, value)?;
+                if let Some((_, at)) = &mut parsed.key {
+                    *at = (text_index, offset);
+                }
                 match target {
                     None => global.overlay(parsed),
                     Some(m) if m == model => scoped.overlay(parsed),
@@ -151,9 +201,85 @@ fn parse_one(key: &str, value: &str) -> Result<Directives, String> {
                 })?;
             d.usage = Some((p, c));
         }
+        "mc" => {
+            let letter = single_capital(value)
+                .ok_or_else(|| format!("mc must be one capital letter, got `{}`", clip(value)))?;
+            d.key = Some((KeyDirective::Choice(letter), (0, 0)));
+        }
+        "options" => {
+            let letters: Vec<char> = value.trim().chars().collect();
+            let mut sorted = letters.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            let ok = (2..=26).contains(&letters.len())
+                && sorted.len() == letters.len()
+                && letters.iter().all(char::is_ascii_uppercase);
+            if !ok {
+                return Err(format!(
+                    "options must be 2 to 26 distinct capital letters, got `{}`",
+                    clip(value)
+                ));
+            }
+            d.options = Some(letters);
+        }
+        "exact" => {
+            let text = value.split_whitespace().collect::<Vec<_>>().join(" ");
+            if text.is_empty() {
+                return Err("exact needs an answer".to_string());
+            }
+            d.key = Some((KeyDirective::Exact(text), (0, 0)));
+        }
+        "item" => {
+            let id = value.trim();
+            if id.is_empty() {
+                return Err("item needs an id".to_string());
+            }
+            d.item = Some(id.to_string());
+        }
+        "accuracy" => d.quality.accuracy = Some(probability(key, value)?),
+        "verifier_sensitivity" => d.quality.verifier_sensitivity = Some(probability(key, value)?),
+        "verifier_specificity" => d.quality.verifier_specificity = Some(probability(key, value)?),
+        "judge_skill" => d.quality.judge_skill = Some(probability(key, value)?),
+        "calibration" => {
+            d.quality.calibration = Some(Calibration::parse(value).ok_or_else(|| {
+                format!(
+                    "calibration must be calibrated, overconfident, underconfident or random, got `{}`",
+                    clip(value)
+                )
+            })?);
+        }
+        "confidence" => {
+            let p = probability(key, value)?;
+            if p <= 0.0 {
+                return Err("confidence must be above 0".to_string());
+            }
+            d.confidence = Some(p);
+        }
+        "correct" => {
+            d.correct = Some(match value.trim() {
+                "yes" => true,
+                "no" => false,
+                other => return Err(format!("correct must be yes or no, got `{}`", clip(other))),
+            });
+        }
         other => return Err(format!("unknown directive `{}`", clip(other))),
     }
     Ok(d)
+}
+
+fn single_capital(value: &str) -> Option<char> {
+    let mut chars = value.trim().chars();
+    let c = chars.next()?;
+    (chars.next().is_none() && c.is_ascii_uppercase()).then_some(c)
+}
+
+fn probability(key: &str, value: &str) -> Result<f64, String> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|p| (0.0..=1.0).contains(p))
+        .ok_or_else(|| format!("{key} must be a number in [0, 1], got `{}`", clip(value)))
 }
 
 #[cfg(test)]
@@ -199,6 +325,38 @@ mod tests {
     }
 
     #[test]
+    fn question_keys() {
+        let d = scan(
+            &[
+                "intro [sim:exact=  New   York ]",
+                "Q? [sim:mc=C] [sim:options=ABCDE] [sim:accuracy@m=0.9] [sim:accuracy=0.1]",
+                "[sim:calibration=random][sim:confidence=0.3][sim:correct=no][sim:item=q7]",
+            ],
+            "m",
+        )
+        .unwrap();
+        assert_eq!(d.key, Some((KeyDirective::Choice('C'), (1, 3))));
+        assert_eq!(d.options, Some("ABCDE".chars().collect()));
+        assert_eq!(d.quality.accuracy, Some(0.9));
+        assert_eq!(d.quality.calibration, Some(Calibration::Random));
+        assert_eq!(d.confidence, Some(0.3));
+        assert_eq!(d.correct, Some(false));
+        assert_eq!(d.item.as_deref(), Some("q7"));
+        let e = scan(&["[sim:mc=C] then [sim:exact=  New   York ]"], "x").unwrap();
+        assert_eq!(
+            e.key,
+            Some((KeyDirective::Exact("New York".into()), (0, 16)))
+        );
+        assert_eq!(
+            scan(&["[sim:accuracy@m=0.9]"], "x")
+                .unwrap()
+                .quality
+                .accuracy,
+            None
+        );
+    }
+
+    #[test]
     fn rejects_malformed() {
         for bad in [
             "[sim:fault=nope]",
@@ -208,6 +366,18 @@ mod tests {
             "[sim:colour=red]",
             "[sim:fault",
             "[sim:novalue]",
+            "[sim:mc=b]",
+            "[sim:mc=AB]",
+            "[sim:options=A]",
+            "[sim:options=ABA]",
+            "[sim:options=abc]",
+            "[sim:exact=  ]",
+            "[sim:accuracy=1.5]",
+            "[sim:accuracy=high]",
+            "[sim:calibration=meh]",
+            "[sim:confidence=0]",
+            "[sim:correct=maybe]",
+            "[sim:item=]",
         ] {
             assert!(scan(&[bad], "m").is_err(), "{bad}");
         }

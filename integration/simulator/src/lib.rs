@@ -6,6 +6,7 @@
 //! - [`http`]: a minimal defensive HTTP/1.1 server layer;
 //! - [`completion`]: request validation, answer generation, JSON/SSE rendering;
 //! - [`directives`]: `[sim:...]` directives in message text;
+//! - [`questions`]: keyed questions, answers, verifier and judge replies;
 //! - [`faults`]: fault kinds and the `failure_rates` draw;
 //! - [`stats`]: `/sim/stats` counters;
 //! - [`server`]: listener, routing and the chat handler;
@@ -17,6 +18,7 @@ pub mod directives;
 pub mod error;
 pub mod faults;
 pub mod http;
+pub mod questions;
 pub mod rng;
 pub mod server;
 pub mod stats;

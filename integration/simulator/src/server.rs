@@ -17,7 +17,8 @@ use crate::directives::{Directives, FaultDirective};
 use crate::error::ApiError;
 use crate::faults::{self, FaultKind};
 use crate::http::{self, Conn, ReadError, Request};
-use crate::stats::Stats;
+use crate::questions;
+use crate::stats::{Stats, Tally};
 
 /// Shared by all connection threads.
 #[derive(Debug)]
@@ -214,8 +215,10 @@ fn chat(state: &State, stream: &mut TcpStream, body: &[u8], close: bool) -> Flow
         stats.rejected();
         return send_error(stream, &ApiError::model_not_found(&req.model), &[], close);
     };
-    let directives = match Directives::scan(req.texts.iter().map(String::as_str), &req.model) {
-        Ok(d) => d,
+    let scanned = Directives::scan(req.texts.iter().map(String::as_str), &req.model)
+        .and_then(|d| Ok((questions::question(&d, &req.texts)?, d)));
+    let (question, directives) = match scanned {
+        Ok(found) => found,
         Err(msg) => {
             stats.rejected();
             let err = ApiError::invalid(
@@ -295,6 +298,8 @@ fn chat(state: &State, stream: &mut TcpStream, body: &[u8], close: bool) -> Flow
                 state.next_id.fetch_add(1, Ordering::Relaxed)
             ),
             created: unix_now(),
+            question: question.as_ref(),
+            quality: directives.quality.apply(&mc.quality),
         },
     );
     // What this response adds to the stats once it is sent. It is recorded
@@ -304,20 +309,21 @@ fn chat(state: &State, stream: &mut TcpStream, body: &[u8], close: bool) -> Flow
     let mut outcome = Outcome {
         usage: None,
         ok: fault.is_none(),
+        tally: completion.tally,
     };
     let result = if req.stream {
         let events = completion.to_sse_events();
         if events.iter().any(|e| e.kind == EventKind::Usage) {
             outcome.usage = completion.usage;
         }
-        let mut commit = || stats.commit(model, outcome.usage, outcome.ok);
+        let mut commit = || stats.commit(model, outcome.usage, outcome.ok, &outcome.tally);
         send_stream(stream, &events, delivery, mc, close, &mut commit)
     } else {
         if !matches!(fault, Some(FaultKind::Garbage | FaultKind::WrongShape)) {
             outcome.usage = completion.usage;
         }
         let body = completion.to_json_body();
-        let mut commit = || stats.commit(model, outcome.usage, outcome.ok);
+        let mut commit = || stats.commit(model, outcome.usage, outcome.ok, &outcome.tally);
         send_body(stream, &body, delivery, close, &mut commit)
     };
     match result {
@@ -331,7 +337,7 @@ fn chat(state: &State, stream: &mut TcpStream, body: &[u8], close: bool) -> Flow
         Ok(Sent::Truncated) => Flow::Drop,
         Err(Failed { committed }) => {
             if committed {
-                stats.uncommit(model, outcome.usage, outcome.ok);
+                stats.uncommit(model, outcome.usage, outcome.ok, &outcome.tally);
             }
             stats.cancelled(model);
             Flow::Drop
@@ -344,6 +350,7 @@ fn chat(state: &State, stream: &mut TcpStream, body: &[u8], close: bool) -> Flow
 struct Outcome {
     usage: Option<Usage>,
     ok: bool,
+    tally: Tally,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,6 +8,42 @@ use serde_json::{json, Map, Value};
 use crate::completion::Usage;
 use crate::faults::FaultKind;
 
+/// What a response contributes to the question counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Choices that answered a keyed question correctly / wrongly.
+    pub answers_correct: u64,
+    pub answers_wrong: u64,
+    /// Verifier requests answered, and those among them whose key or
+    /// proposed answer could not be found.
+    pub verifications: u64,
+    pub verifications_invalid: u64,
+    /// Judge requests answered.
+    pub judgements: u64,
+}
+
+impl Tally {
+    fn add(&mut self, o: &Tally) {
+        self.answers_correct = self.answers_correct.saturating_add(o.answers_correct);
+        self.answers_wrong = self.answers_wrong.saturating_add(o.answers_wrong);
+        self.verifications = self.verifications.saturating_add(o.verifications);
+        self.verifications_invalid = self
+            .verifications_invalid
+            .saturating_add(o.verifications_invalid);
+        self.judgements = self.judgements.saturating_add(o.judgements);
+    }
+
+    fn sub(&mut self, o: &Tally) {
+        self.answers_correct = self.answers_correct.saturating_sub(o.answers_correct);
+        self.answers_wrong = self.answers_wrong.saturating_sub(o.answers_wrong);
+        self.verifications = self.verifications.saturating_sub(o.verifications);
+        self.verifications_invalid = self
+            .verifications_invalid
+            .saturating_sub(o.verifications_invalid);
+        self.judgements = self.judgements.saturating_sub(o.judgements);
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelStats {
     /// Valid chat requests routed to this model (also the per-model counter
@@ -22,6 +58,8 @@ pub struct ModelStats {
     /// (during latency, a hang, a slow drip or a stream).
     pub cancelled: u64,
     pub faults: BTreeMap<FaultKind, u64>,
+    /// Keyed answers, verifications and judgements actually delivered.
+    pub tally: Tally,
 }
 
 impl ModelStats {
@@ -31,6 +69,7 @@ impl ModelStats {
         self.prompt_tokens += other.prompt_tokens;
         self.completion_tokens += other.completion_tokens;
         self.cancelled += other.cancelled;
+        self.tally.add(&other.tally);
         for (k, v) in &other.faults {
             *self.faults.entry(*k).or_default() += v;
         }
@@ -52,6 +91,15 @@ impl ModelStats {
         m.insert("prompt_tokens".into(), json!(self.prompt_tokens));
         m.insert("completion_tokens".into(), json!(self.completion_tokens));
         m.insert("cancelled".into(), json!(self.cancelled));
+        let t = &self.tally;
+        m.insert("answers_correct".into(), json!(t.answers_correct));
+        m.insert("answers_wrong".into(), json!(t.answers_wrong));
+        m.insert("verifications".into(), json!(t.verifications));
+        m.insert(
+            "verifications_invalid".into(),
+            json!(t.verifications_invalid),
+        );
+        m.insert("judgements".into(), json!(t.judgements));
         m.insert("faults".into(), Value::Object(faults));
         m
     }
@@ -110,9 +158,10 @@ impl Stats {
     }
 
     /// Records a response about to be completed: the usage it reports (if
-    /// any) and whether it counts as ok.
-    pub fn commit(&self, model: &str, usage: Option<Usage>, ok: bool) {
+    /// any), whether it counts as ok, and its question counters.
+    pub fn commit(&self, model: &str, usage: Option<Usage>, ok: bool, tally: &Tally) {
         self.with_model(model, |m| {
+            m.tally.add(tally);
             if let Some(u) = usage {
                 m.prompt_tokens = m.prompt_tokens.saturating_add(u.prompt_tokens);
                 m.completion_tokens = m.completion_tokens.saturating_add(u.completion_tokens);
@@ -122,8 +171,9 @@ impl Stats {
     }
 
     /// Takes back a [`Stats::commit`] whose response could not be sent.
-    pub fn uncommit(&self, model: &str, usage: Option<Usage>, ok: bool) {
+    pub fn uncommit(&self, model: &str, usage: Option<Usage>, ok: bool, tally: &Tally) {
         self.with_model(model, |m| {
+            m.tally.sub(tally);
             if let Some(u) = usage {
                 m.prompt_tokens = m.prompt_tokens.saturating_sub(u.prompt_tokens);
                 m.completion_tokens = m.completion_tokens.saturating_sub(u.completion_tokens);

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 use common::*;
+use looper_sim::questions::Calibration;
 use looper_sim::Config;
 
 const BIN: &str = env!("CARGO_BIN_EXE_looper-sim");
@@ -125,4 +126,9 @@ fn example_config_matches_the_documented_models() {
     );
     assert_eq!((l.latency_ms, l.answer_words, l.logprobs), (20, 20, false));
     assert!(c.models.values().all(|m| m.failure_rates.is_empty()));
+    let acc: Vec<f64> = [s, m, l].iter().map(|m| m.quality.accuracy).collect();
+    assert_eq!(acc, [0.55, 0.7, 0.85]);
+    assert!([s, m, l]
+        .iter()
+        .all(|m| m.quality.calibration == Calibration::Calibrated));
 }

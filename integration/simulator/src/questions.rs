@@ -1,0 +1,779 @@
+//! Questions with a key, and the gateway's verifier and judge prompts.
+//!
+//! A request can carry a *keyed question*: `[sim:mc=B]` (multiple choice,
+//! options `A`–`D` unless `[sim:options=...]`) or `[sim:exact=42]`. A model
+//! then answers `[<model>] <filler> ANSWER: <answer>`, correct with
+//! probability [`Quality::accuracy`], and the answer token's probability
+//! follows [`Quality::calibration`].
+//!
+//! The gateway's own prompts quote the question (directives included) in
+//! `<question-NONCE>` tags, so the simulator also knows the key when it is
+//! asked to *verify* a proposed answer (`Proposed answer:` in the last user
+//! message) or to *judge* numbered responses (`Response 1:` … `BEST:`).
+//!
+//! Everything is drawn from PRNG streams keyed by stable inputs: the seed, the
+//! model, the question's identity (never the gateway's nonce) and the choice
+//! index. Each decision has its own stream and compares one uniform draw with
+//! a probability, so raising a model's accuracy only turns wrong answers into
+//! right ones (common random numbers), which keeps comparisons between
+//! settings low-noise.
+//!
+//! Per-model settings live in [`Quality`] (config, overridable by
+//! directives); per-item data (the key, later an item bank's difficulty)
+//! lives in [`Question`]. [`p_correct`] is the one place that combines them.
+
+use crate::directives::{Directives, KeyDirective};
+use crate::rng::{Fnv64, SplitMix64};
+
+/// How the answer token's probability relates to correctness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Calibration {
+    /// Correct answers p ~ U(0.75, 0.99), wrong ones p ~ U(0.25, 0.6).
+    Calibrated,
+    /// p ~ U(0.85, 0.99) either way.
+    Overconfident,
+    /// p ~ U(0.2, 0.5) either way.
+    Underconfident,
+    /// p ~ U(0.2, 0.99) either way.
+    Random,
+}
+
+impl Calibration {
+    pub const ALL: [Calibration; 4] = [
+        Calibration::Calibrated,
+        Calibration::Overconfident,
+        Calibration::Underconfident,
+        Calibration::Random,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Calibration::Calibrated => "calibrated",
+            Calibration::Overconfident => "overconfident",
+            Calibration::Underconfident => "underconfident",
+            Calibration::Random => "random",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Calibration> {
+        let s = s.trim();
+        Calibration::ALL.into_iter().find(|c| c.name() == s)
+    }
+
+    /// The range the answer token's probability is drawn from.
+    fn range(self, correct: bool) -> (f64, f64) {
+        match (self, correct) {
+            (Calibration::Calibrated, true) => (0.75, 0.99),
+            (Calibration::Calibrated, false) => (0.25, 0.6),
+            (Calibration::Overconfident, _) => (0.85, 0.99),
+            (Calibration::Underconfident, _) => (0.2, 0.5),
+            (Calibration::Random, _) => (0.2, 0.99),
+        }
+    }
+}
+
+/// A model's quality settings (config, overridable per request by
+/// directives). All probabilities are in `[0, 1]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quality {
+    /// P(answer a keyed question correctly).
+    pub accuracy: f64,
+    pub calibration: Calibration,
+    /// P(say CORRECT | the proposed answer is correct).
+    pub verifier_sensitivity: f64,
+    /// P(say INCORRECT | the proposed answer is wrong).
+    pub verifier_specificity: f64,
+    /// P(a judge picks the first correct response, when there is one).
+    pub judge_skill: f64,
+}
+
+impl Default for Quality {
+    fn default() -> Self {
+        Quality {
+            accuracy: 0.7,
+            calibration: Calibration::Calibrated,
+            verifier_sensitivity: 0.9,
+            verifier_specificity: 0.8,
+            judge_skill: 0.8,
+        }
+    }
+}
+
+/// [`Quality`] fields set by directives.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QualityOverrides {
+    pub accuracy: Option<f64>,
+    pub calibration: Option<Calibration>,
+    pub verifier_sensitivity: Option<f64>,
+    pub verifier_specificity: Option<f64>,
+    pub judge_skill: Option<f64>,
+}
+
+impl QualityOverrides {
+    /// Fields set in `over` replace those in `self`.
+    pub fn overlay(&mut self, over: &QualityOverrides) {
+        fn set<T: Copy>(slot: &mut Option<T>, v: Option<T>) {
+            if v.is_some() {
+                *slot = v;
+            }
+        }
+        set(&mut self.accuracy, over.accuracy);
+        set(&mut self.calibration, over.calibration);
+        set(&mut self.verifier_sensitivity, over.verifier_sensitivity);
+        set(&mut self.verifier_specificity, over.verifier_specificity);
+        set(&mut self.judge_skill, over.judge_skill);
+    }
+
+    pub fn apply(&self, base: &Quality) -> Quality {
+        Quality {
+            accuracy: self.accuracy.unwrap_or(base.accuracy),
+            calibration: self.calibration.unwrap_or(base.calibration),
+            verifier_sensitivity: self
+                .verifier_sensitivity
+                .unwrap_or(base.verifier_sensitivity),
+            verifier_specificity: self
+                .verifier_specificity
+                .unwrap_or(base.verifier_specificity),
+            judge_skill: self.judge_skill.unwrap_or(base.judge_skill),
+        }
+    }
+}
+
+/// The default multiple-choice options.
+pub const DEFAULT_OPTIONS: &str = "ABCD";
+
+/// A question's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    /// Multiple choice: the correct letter among `options` (distinct
+    /// capital letters, 2 to 26 of them).
+    Choice { answer: char, options: Vec<char> },
+    /// Exact answer: words joined by single spaces.
+    Exact(String),
+}
+
+/// A keyed question, as the simulator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Question {
+    /// What the answer draws are keyed by: `item:<ID>` for `[sim:item=ID]`,
+    /// else the text (message or text part) holding the key directive, or,
+    /// when the directive sits inside a `<label-NONCE>` block of that text
+    /// (the gateway quoting the question), the inside of that block.
+    pub identity: String,
+    pub key: Key,
+}
+
+/// The keyed question of a request (`None` without `mc`/`exact`), or an
+/// error when the `mc` answer is not one of the options.
+pub fn question(d: &Directives, texts: &[String]) -> Result<Option<Question>, String> {
+    let Some((spec, (text_index, offset))) = &d.key else {
+        return Ok(None);
+    };
+    let key = match spec {
+        KeyDirective::Choice(answer) => {
+            let options = d
+                .options
+                .clone()
+                .unwrap_or_else(|| DEFAULT_OPTIONS.chars().collect());
+            if !options.contains(answer) {
+                let listed: String = options.iter().collect();
+                return Err(format!(
+                    "mc answer {answer} is not one of the options {listed}"
+                ));
+            }
+            Key::Choice {
+                answer: *answer,
+                options,
+            }
+        }
+        KeyDirective::Exact(text) => Key::Exact(text.clone()),
+    };
+    let identity = match &d.item {
+        Some(id) => format!("item:{id}"),
+        None => {
+            let text = texts.get(*text_index).map_or("", String::as_str);
+            enclosing_block(text, *offset).unwrap_or(text).to_string()
+        }
+    };
+    Ok(Some(Question { identity, key }))
+}
+
+/// Correctness odds of a model on a question. Today this is the model's
+/// accuracy; an item bank would combine ability and difficulty here.
+pub fn p_correct(quality: &Quality, _question: &Question) -> f64 {
+    quality.accuracy
+}
+
+/// Directive-level forcing of one answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Forced {
+    /// `[sim:confidence=P]`: the answer token's probability.
+    pub confidence: Option<f64>,
+    /// `[sim:correct=yes|no]`.
+    pub correct: Option<bool>,
+}
+
+/// One drawn answer to a keyed question.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Drawn {
+    /// The answer text (a letter, or the exact answer or a wrong one).
+    pub text: String,
+    pub correct: bool,
+    /// Probability of each answer token.
+    pub p: f64,
+    /// Other plausible answers, most likely first: for a wrong answer the
+    /// key comes first. They feed the answer token's `top_logprobs`.
+    pub rivals: Vec<String>,
+}
+
+fn stream(seed: u64, model: &str, what: &[u8], identity: &str, index: u64) -> SplitMix64 {
+    SplitMix64::new(
+        Fnv64::new()
+            .bytes(b"looper-sim/")
+            .bytes(what)
+            .u64(seed)
+            .str(model)
+            .str(identity)
+            .u64(index)
+            .finish(),
+    )
+}
+
+/// The seed of choice `index` of `model`'s answer to a keyed question (for
+/// the filler words and the logprobs of the other tokens).
+pub fn answer_seed(seed: u64, model: &str, question: &Question, index: u64) -> u64 {
+    stream(seed, model, b"keyed", &question.identity, index).next_u64()
+}
+
+fn uniform(rng: &mut SplitMix64, lo: f64, hi: f64) -> f64 {
+    lo + (hi - lo) * rng.next_f64()
+}
+
+fn shuffle<T>(items: &mut [T], rng: &mut SplitMix64) {
+    for i in (1..items.len()).rev() {
+        let j = usize::try_from(rng.below(i as u64 + 1)).unwrap_or(0);
+        items.swap(i, j);
+    }
+}
+
+/// Choice `index` of `model`'s answer.
+pub fn draw_answer(
+    seed: u64,
+    model: &str,
+    question: &Question,
+    quality: &Quality,
+    forced: Forced,
+    index: u64,
+) -> Drawn {
+    let id = question.identity.as_str();
+    let u = stream(seed, model, b"correct", id, index).next_f64();
+    let correct = forced.correct.unwrap_or(u < p_correct(quality, question));
+    let mut pick = stream(seed, model, b"wrong", id, index);
+    let (right, mut wrongs) = candidates(&question.key);
+    shuffle(&mut wrongs, &mut pick);
+    let text = if correct {
+        right.clone()
+    } else {
+        wrongs.first().cloned().unwrap_or_else(|| right.clone())
+    };
+    let correct = text == right;
+    // Runner-up: the key when wrong, else another wrong answer.
+    let mut rivals: Vec<String> = wrongs.into_iter().filter(|w| *w != text).collect();
+    if !correct {
+        rivals.insert(0, right);
+    }
+    let (lo, hi) = quality.calibration.range(correct);
+    let drawn_p = uniform(&mut stream(seed, model, b"confidence", id, index), lo, hi);
+    Drawn {
+        text,
+        correct,
+        p: forced.confidence.unwrap_or(drawn_p),
+        rivals,
+    }
+}
+
+/// The right answer and every wrong one a model may give.
+fn candidates(key: &Key) -> (String, Vec<String>) {
+    match key {
+        Key::Choice { answer, options } => (
+            answer.to_string(),
+            options
+                .iter()
+                .filter(|o| *o != answer)
+                .map(char::to_string)
+                .collect(),
+        ),
+        Key::Exact(text) => (text.clone(), wrong_exact(text)),
+    }
+}
+
+/// Wrong answers to an exact question: `key+1..key+3` for a number (with as
+/// many decimals as the key), else `not-<key>`.
+fn wrong_exact(key: &str) -> Vec<String> {
+    if let Ok(n) = key.parse::<i64>() {
+        return (1..=3)
+            .map(|d| n.checked_add(d).unwrap_or(n.wrapping_sub(d)).to_string())
+            .collect();
+    }
+    if let Some((int, frac)) = key.split_once('.') {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let int_ok = digits(int.strip_prefix('-').unwrap_or(int));
+        if int_ok && digits(frac) && frac.len() <= 12 {
+            if let Ok(x) = key.parse::<f64>() {
+                let places = frac.len();
+                return (1..=3)
+                    .map(|d| format!("{:.*}", places, x + f64::from(d)))
+                    .collect();
+            }
+        }
+    }
+    vec![format!("not-{key}")]
+}
+
+/// Normalises an answer for comparison: whitespace collapsed, decoration
+/// (`*`, `` ` ``, `$`, quotes) and a trailing `.` dropped, lower case.
+fn normalise(s: &str) -> String {
+    let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut t = joined.as_str();
+    loop {
+        let before = t;
+        t = t
+            .trim_matches(|c: char| matches!(c, '*' | '`' | '$' | '"' | '\''))
+            .trim();
+        t = t.strip_suffix('.').unwrap_or(t).trim();
+        if t == before {
+            break;
+        }
+    }
+    t.to_lowercase()
+}
+
+/// `s` as a number, ignoring thousands separators (`1,000`).
+fn number(s: &str) -> Option<f64> {
+    let digits: String = s.chars().filter(|c| *c != ',' && *c != ' ').collect();
+    digits.parse::<f64>().ok().filter(|x| x.is_finite())
+}
+
+/// Whether `proposed` (already extracted) matches the key.
+pub fn matches_key(key: &Key, proposed: &str) -> bool {
+    match key {
+        Key::Choice { answer, .. } => choice_letter(proposed).is_some_and(|c| c == *answer),
+        Key::Exact(text) => {
+            let (a, b) = (normalise(text), normalise(proposed));
+            if a == b {
+                return true;
+            }
+            match (number(&a), number(&b)) {
+                (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+                _ => false,
+            }
+        }
+    }
+}
+
+/// The option letter at the start of `s` (`B`, `(b)`, `**B**.`), if `s`
+/// starts with one that is not the start of a word.
+fn choice_letter(s: &str) -> Option<char> {
+    let s = s.trim_start_matches(|c: char| c.is_whitespace() || matches!(c, '*' | '(' | '['));
+    let mut chars = s.chars();
+    let c = chars.next()?.to_ascii_uppercase();
+    let next_ok = chars.next().is_none_or(|n| !n.is_alphanumeric());
+    (c.is_ascii_uppercase() && next_ok).then_some(c)
+}
+
+/// The answer stated in `text`: what follows its last `ANSWER:` (case
+/// insensitive) up to the end of that line; without such a marker, the
+/// last non-empty line when the text has no more than one. `None` when it
+/// is empty or, for a multiple-choice key, not a letter.
+pub fn extract_answer(text: &str, key: &Key) -> Option<String> {
+    let lower = text.to_ascii_lowercase();
+    let raw = match lower.rfind("answer:") {
+        Some(at) => {
+            let rest = text.get(at + "answer:".len()..).unwrap_or("");
+            rest.lines().next().unwrap_or("").trim().to_string()
+        }
+        None => {
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let only = lines.next()?;
+            if lines.next().is_some() {
+                return None;
+            }
+            only.to_string()
+        }
+    };
+    match key {
+        Key::Choice { .. } => choice_letter(&raw).map(String::from),
+        Key::Exact(_) => {
+            let words = raw.split_whitespace().collect::<Vec<_>>().join(" ");
+            (!words.is_empty()).then_some(words)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Fenced blocks and prompt classification
+
+/// A `<label-NONCE>` … `</label-NONCE>` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block<'a> {
+    pub label: &'a str,
+    /// The quoted text, without the newline after the opening tag and the
+    /// one before the closing tag.
+    pub inner: &'a str,
+    /// Byte range of the inner text in the scanned text.
+    pub inner_start: usize,
+    pub inner_end: usize,
+    /// Byte range of the whole block, tags included.
+    pub outer_start: usize,
+    pub outer_end: usize,
+}
+
+/// The opening tag at byte `at` (`<label-nonce>`): `(label, nonce, end)`.
+fn open_tag(text: &str, at: usize) -> Option<(&str, &str, usize)> {
+    let rest = text.get(at..)?.strip_prefix('<')?;
+    let label_len = rest
+        .find(|c: char| !c.is_ascii_lowercase())
+        .unwrap_or(rest.len());
+    let label = rest.get(..label_len)?;
+    let after = rest.get(label_len..)?.strip_prefix('-')?;
+    let nonce_len = after
+        .find(|c: char| c == '>' || c == '<' || c == '/' || c.is_whitespace())
+        .unwrap_or(after.len());
+    let nonce = after.get(..nonce_len)?;
+    let tail = after.get(nonce_len..)?;
+    if label.is_empty() || nonce.is_empty() || nonce.len() > 128 || !tail.starts_with('>') {
+        return None;
+    }
+    Some((label, nonce, at + 1 + label_len + 1 + nonce_len + 1))
+}
+
+/// Every top-level fenced block of `text`, in order.
+pub fn blocks(text: &str) -> Vec<Block<'_>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(rel) = text.get(i..).and_then(|r| r.find('<')) {
+        let at = i + rel;
+        if let Some((label, nonce, open_end)) = open_tag(text, at) {
+            let close = format!("</{label}-{nonce}>");
+            if let Some(crel) = text.get(open_end..).and_then(|r| r.find(&close)) {
+                let close_at = open_end + crel;
+                let mut inner_start = open_end;
+                let mut inner_end = close_at;
+                if text.get(inner_start..inner_start + 1) == Some("\n") && inner_start < inner_end {
+                    inner_start += 1;
+                }
+                if inner_end > inner_start && text.get(inner_end - 1..inner_end) == Some("\n") {
+                    inner_end -= 1;
+                }
+                out.push(Block {
+                    label,
+                    inner: text.get(inner_start..inner_end).unwrap_or(""),
+                    inner_start,
+                    inner_end,
+                    outer_start: at,
+                    outer_end: close_at + close.len(),
+                });
+                i = close_at + close.len();
+                continue;
+            }
+        }
+        i = at + 1;
+    }
+    out
+}
+
+/// `text` without its fenced blocks: the gateway's own words.
+pub fn outside_blocks(text: &str) -> String {
+    let mut out = String::new();
+    let mut last = 0;
+    for b in blocks(text) {
+        out.push_str(text.get(last..b.outer_start).unwrap_or(""));
+        out.push(' ');
+        last = b.outer_end;
+    }
+    out.push_str(text.get(last..).unwrap_or(""));
+    out
+}
+
+/// The inside of the block of `text` that contains byte `at`, if any.
+pub fn enclosing_block(text: &str, at: usize) -> Option<&str> {
+    blocks(text)
+        .into_iter()
+        .find(|b| b.inner_start <= at && at < b.inner_end)
+        .map(|b| b.inner)
+}
+
+/// What the last user message asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    /// A verifier prompt: `Proposed answer:` outside any block.
+    Verify {
+        /// The quoted proposed answer (the last `answer` block, else the
+        /// text after the last `Proposed answer:`).
+        proposed: String,
+        /// Whether a `CONFIDENCE` line is asked for.
+        with_confidence: bool,
+        /// The gateway's words, for seeding when there is no key.
+        outside: String,
+    },
+    /// A judge prompt: `Response 1:` and `BEST:` outside any block.
+    Judge {
+        /// The quoted responses, in order.
+        responses: Vec<String>,
+        outside: String,
+    },
+    Other,
+}
+
+pub fn classify(last_user: Option<&str>) -> Prompt {
+    let Some(text) = last_user else {
+        return Prompt::Other;
+    };
+    let outside = outside_blocks(text);
+    if outside.contains("Proposed answer:") {
+        let proposed = blocks(text)
+            .into_iter()
+            .rfind(|b| b.label == "answer")
+            .map(|b| b.inner.to_string())
+            .or_else(|| {
+                text.rfind("Proposed answer:")
+                    .and_then(|at| text.get(at + "Proposed answer:".len()..))
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        return Prompt::Verify {
+            proposed,
+            with_confidence: outside.contains("CONFIDENCE"),
+            outside,
+        };
+    }
+    if outside.contains("Response 1:") && outside.contains("BEST:") {
+        let mut responses: Vec<String> = blocks(text)
+            .into_iter()
+            .filter(|b| b.label == "response")
+            .map(|b| b.inner.to_string())
+            .collect();
+        if responses.is_empty() {
+            // Unfenced responses: count `Response N:` labels.
+            let mut n = 1;
+            while outside.contains(&format!("Response {n}:")) && n <= 1000 {
+                responses.push(String::new());
+                n += 1;
+            }
+        }
+        return Prompt::Judge { responses, outside };
+    }
+    Prompt::Other
+}
+
+/// One verifier reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub correct: bool,
+    /// 0–100: ~U(70, 98) when saying CORRECT, ~U(5, 35) when INCORRECT.
+    pub confidence: u64,
+    /// The key or the proposed answer could not be found.
+    pub invalid: bool,
+}
+
+/// Choice `index` of `model`'s verdict on `proposed` (the quoted answer
+/// block). Without a key or an extractable answer it says INCORRECT.
+pub fn verify(
+    seed: u64,
+    model: &str,
+    question: Option<&Question>,
+    proposed: &str,
+    quality: &Quality,
+    basis: &str,
+    index: u64,
+) -> Verdict {
+    let extracted = question.and_then(|q| extract_answer(proposed, &q.key));
+    let identity = question.map_or(basis, |q| q.identity.as_str());
+    let mut rng = SplitMix64::new(
+        Fnv64::new()
+            .bytes(b"looper-sim/verify")
+            .u64(seed)
+            .str(model)
+            .str(identity)
+            .str(extracted.as_deref().unwrap_or(""))
+            .u64(index)
+            .finish(),
+    );
+    let u = rng.next_f64();
+    let (correct, invalid) = match (question, &extracted) {
+        (Some(q), Some(answer)) => {
+            let truth = matches_key(&q.key, answer);
+            let says_correct = if truth {
+                u < quality.verifier_sensitivity
+            } else {
+                u >= quality.verifier_specificity
+            };
+            (says_correct, false)
+        }
+        _ => (false, true),
+    };
+    let confidence = if correct {
+        70 + rng.up_to(28)
+    } else {
+        5 + rng.up_to(30)
+    };
+    Verdict {
+        correct,
+        confidence,
+        invalid,
+    }
+}
+
+/// Choice `index` of `model`'s pick (1-based) among `responses`: with
+/// probability `judge_skill` the first response whose answer matches the
+/// key, if any; otherwise a uniformly drawn one.
+pub fn judge(
+    seed: u64,
+    model: &str,
+    question: Option<&Question>,
+    responses: &[String],
+    quality: &Quality,
+    basis: &str,
+    index: u64,
+) -> usize {
+    let mut h = Fnv64::new();
+    h.bytes(b"looper-sim/judge")
+        .u64(seed)
+        .str(model)
+        .str(question.map_or(basis, |q| q.identity.as_str()))
+        .u64(responses.len() as u64);
+    for r in responses {
+        h.str(r);
+    }
+    let mut rng = SplitMix64::new(h.u64(index).finish());
+    let skilled = rng.next_f64() < quality.judge_skill;
+    let random = rng.below(responses.len().max(1) as u64);
+    let keyed = question.and_then(|q| {
+        responses
+            .iter()
+            .position(|r| extract_answer(r, &q.key).is_some_and(|a| matches_key(&q.key, &a)))
+    });
+    match keyed {
+        Some(i) if skilled => i + 1,
+        _ => usize::try_from(random).unwrap_or(0) + 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mc(answer: char) -> Key {
+        Key::Choice {
+            answer,
+            options: DEFAULT_OPTIONS.chars().collect(),
+        }
+    }
+
+    #[test]
+    fn wrong_exact_values() {
+        assert_eq!(wrong_exact("42"), vec!["43", "44", "45"]);
+        assert_eq!(wrong_exact("-1"), vec!["0", "1", "2"]);
+        assert_eq!(wrong_exact("3.14"), vec!["4.14", "5.14", "6.14"]);
+        assert_eq!(wrong_exact("Paris"), vec!["not-Paris"]);
+        assert_eq!(wrong_exact("1.2.3"), vec!["not-1.2.3"]);
+    }
+
+    #[test]
+    fn extraction_and_matching() {
+        let b = mc('B');
+        assert_eq!(
+            extract_answer("[m] x y ANSWER: B", &b).as_deref(),
+            Some("B")
+        );
+        assert_eq!(extract_answer("answer: (b).", &b).as_deref(), Some("B"));
+        assert_eq!(extract_answer("ANSWER: Because", &b), None);
+        assert_eq!(extract_answer("B", &b).as_deref(), Some("B"));
+        assert_eq!(extract_answer("two\nlines", &b), None);
+        assert_eq!(
+            extract_answer("ANSWER: A\nANSWER: C", &b).as_deref(),
+            Some("C")
+        );
+        let e = Key::Exact("42".into());
+        assert_eq!(
+            extract_answer("ANSWER:  42.0 \nmore", &e).as_deref(),
+            Some("42.0")
+        );
+        assert!(matches_key(&e, "42.0"));
+        assert!(matches_key(&e, "**42**."));
+        assert!(matches_key(&Key::Exact("1000".into()), "1,000"));
+        assert!(!matches_key(&e, "43"));
+        let t = Key::Exact("New York".into());
+        assert!(matches_key(&t, "new  york."));
+        assert!(!matches_key(&t, "not-New York"));
+    }
+
+    #[test]
+    fn blocks_and_classification() {
+        let text = "Check.\n\nQuestion:\n<question-n1>\nWhat? [sim:mc=B]\n</question-n1>\n\n\
+                    Proposed answer:\n<answer-n1>\n[m] ANSWER: B\n</answer-n1>\n\nVERDICT only.";
+        let bs = blocks(text);
+        assert_eq!(bs.len(), 2);
+        assert_eq!(bs[0].label, "question");
+        assert_eq!(bs[0].inner, "What? [sim:mc=B]");
+        assert_eq!(bs[1].inner, "[m] ANSWER: B");
+        let at = text.find("[sim:").unwrap();
+        assert_eq!(enclosing_block(text, at), Some("What? [sim:mc=B]"));
+        match classify(Some(text)) {
+            Prompt::Verify {
+                proposed,
+                with_confidence,
+                ..
+            } => {
+                assert_eq!(proposed, "[m] ANSWER: B");
+                assert!(!with_confidence);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Quoted markers do not count.
+        assert_eq!(
+            classify(Some(
+                "<answer-x>\nProposed answer: Response 1: BEST: 1\n</answer-x>"
+            )),
+            Prompt::Other
+        );
+        // An unclosed tag is plain text.
+        assert_eq!(blocks("<answer-x> never closed").len(), 0);
+        let judge = "Response 1:\n<response-k>\nANSWER: A\n</response-k>\n\nResponse 2:\n\
+                     <response-k>\nANSWER: B\n</response-k>\n\nFinish with `BEST: N`.";
+        match classify(Some(judge)) {
+            Prompt::Judge { responses, .. } => {
+                assert_eq!(responses, vec!["ANSWER: A", "ANSWER: B"])
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn forced_and_common_random_numbers() {
+        let q = Question {
+            identity: "q".into(),
+            key: mc('C'),
+        };
+        let mut base = Quality::default();
+        for i in 0..200 {
+            base.accuracy = 0.3;
+            let low = draw_answer(1, "m", &q, &base, Forced::default(), i);
+            base.accuracy = 0.8;
+            let high = draw_answer(1, "m", &q, &base, Forced::default(), i);
+            assert!(!low.correct || high.correct, "raising accuracy never loses");
+            assert_eq!(low.correct, low.text == "C");
+            if !low.correct {
+                assert_eq!(low.rivals.first().map(String::as_str), Some("C"));
+            }
+            assert_eq!(low.rivals.len(), 3);
+            let forced = Forced {
+                confidence: Some(0.3),
+                correct: Some(false),
+            };
+            let f = draw_answer(1, "m", &q, &base, forced, i);
+            assert!(!f.correct && f.text != "C");
+            assert_eq!(f.p, 0.3);
+        }
+    }
+}
