@@ -477,19 +477,21 @@ fn logprob_score(
     let selected = answer_tokens(&tokens, text, extracted);
     let n = selected.len() as f64;
     let avg = (selected.iter().map(|t| t.logprob).sum::<f64>() / n).exp();
+    // The gap between the chosen token and its strongest rival (0 when a rival is likelier):
+    // how sure the model was of what it actually said.
     let margin = || -> Option<f64> {
         let gaps: Option<Vec<f64>> = selected
             .iter()
             .map(|t| {
-                let chosen = t.logprob;
-                let runner_up = t
+                let rival = t
                     .alternatives
                     .iter()
-                    .filter(|(tok, lp)| *tok != t.text || (*lp - chosen).abs() > 1e-9)
+                    .filter(|(token, _)| *token != t.text)
                     .map(|(_, lp)| *lp)
-                    .find(|lp| *lp <= chosen + 1e-9)
-                    .or_else(|| (t.alternatives.len() >= 2).then_some(f64::NEG_INFINITY))?;
-                Some((chosen.exp() - runner_up.exp()).max(0.0))
+                    .fold(None, |best: Option<f64>, lp| {
+                        Some(best.map_or(lp, |b| b.max(lp)))
+                    })?;
+                Some((t.logprob.exp() - rival.exp()).max(0.0))
             })
             .collect();
         let gaps = gaps?;
@@ -610,6 +612,17 @@ mod tests {
         assert!((h - 0.6).abs() < 1e-9, "{h}");
         let without = completion_with(text, tokens(&[("A", (0.7f64).ln(), &[])]));
         assert!(logprob_score(&without, text, None, ConfidenceMethod::Margin, 0.5).is_none());
+        // A rival likelier than the chosen token: no margin at all.
+        let unsure = completion_with(
+            text,
+            tokens(&[(
+                "A",
+                (0.3f64).ln(),
+                &[("B", (0.6f64).ln()), ("A", (0.3f64).ln())],
+            )]),
+        );
+        let m = logprob_score(&unsure, text, None, ConfidenceMethod::Margin, 0.5).unwrap();
+        assert_eq!(m, 0.0);
         let none = completion_with(text, Value::Null);
         assert!(logprob_score(&none, text, None, ConfidenceMethod::AvgLogprob, 0.5).is_none());
     }
