@@ -202,6 +202,12 @@ impl Filter {
                         let _ = hostcalls::increment_metric(*host_id, 1);
                     }
                 }
+                Command::Add(id, value) => {
+                    if let Some(Some(host_id)) = self.metric_ids.get(id.0) {
+                        let value = i64::try_from(value).unwrap_or(i64::MAX);
+                        let _ = hostcalls::increment_metric(*host_id, value);
+                    }
+                }
                 Command::Record(id, value) => {
                     if let Some(Some(host_id)) = self.metric_ids.get(id.0) {
                         let _ = hostcalls::record_metric(*host_id, value);
@@ -310,7 +316,9 @@ impl HttpContext for Filter {
             exchange.on_stream_done();
         }
         self.drain();
-        // Calls still in flight are cancelled by the host with the stream; forget them.
+        // Envoy 1.40 lets calls still in flight run to completion, but delivers their results
+        // to the root context id, and the SDK drops them once this context is deleted (it
+        // deletes it right after `on_done`, whatever `on_done` returns). Nothing to wait for.
         self.calls.clear();
     }
 }

@@ -46,6 +46,8 @@ pub enum Command {
         body: Vec<u8>,
     },
     Count(MetricId),
+    /// Adds to a counter (never zero).
+    Add(MetricId, u64),
     Record(MetricId, u64),
 }
 
@@ -338,6 +340,21 @@ impl Exchange {
         }
     }
 
+    fn count_tokens(&mut self, model: ModelId, usage: Option<crate::openai::Usage>) {
+        let Some(usage) = usage else {
+            return;
+        };
+        let (prompt, completion) = self.gateway.metrics().model_tokens(model);
+        if usage.prompt_tokens > 0 {
+            self.commands
+                .push_back(Command::Add(prompt, usage.prompt_tokens));
+        }
+        if usage.completion_tokens > 0 {
+            self.commands
+                .push_back(Command::Add(completion, usage.completion_tokens));
+        }
+    }
+
     /// The request deadline may have passed (a timer fired). Early calls do nothing.
     pub fn on_tick(&mut self, now: Millis) {
         if let State::Running(running) = &mut self.state {
@@ -364,6 +381,7 @@ impl Exchange {
         let metrics = self.gateway.metrics();
         let mut finished = false;
         let mut unknown_models = Vec::new();
+        let mut finished_calls = Vec::new();
         while let Some(command) = running.looper.poll_command() {
             match command {
                 LooperCommand::Dispatch {
@@ -395,10 +413,16 @@ impl Exchange {
                         timeout_ms,
                     });
                 }
-                LooperCommand::CallFinished { model, outcome, .. } => {
+                LooperCommand::CallFinished {
+                    model,
+                    outcome,
+                    usage,
+                    ..
+                } => {
                     if let Some(id) = metrics.model_call(model, outcome) {
                         self.commands.push_back(Command::Count(id));
                     }
+                    finished_calls.push((model, usage));
                 }
                 LooperCommand::Event(event) => {
                     let global = match event {
@@ -414,6 +438,9 @@ impl Exchange {
                 }
                 LooperCommand::Finished => finished = true,
             }
+        }
+        for (model, usage) in finished_calls {
+            self.count_tokens(model, usage);
         }
         if finished {
             self.finish(now);

@@ -75,7 +75,11 @@ pub struct MetricCatalog {
     defs: Vec<MetricDef>,
     virtual_base: usize,
     model_base: usize,
+    tokens_base: usize,
 }
+
+/// Per model: prompt and completion tokens of every call that ended before the reply.
+const PER_MODEL_TOKENS: usize = 2;
 
 /// Metric names keep to `[A-Za-z0-9_]` inside each dotted part, so Prometheus output needs no
 /// escaping (`vllm-sr/auto` becomes `vllm_sr_auto`).
@@ -116,10 +120,21 @@ impl MetricCatalog {
                 });
             }
         }
+        let tokens_base = defs.len();
+        for model in &config.models {
+            let name = sanitize(&model.alias);
+            for kind in ["prompt_tokens", "completion_tokens"] {
+                defs.push(MetricDef {
+                    name: format!("looper.model.{name}.{kind}"),
+                    kind: MetricKind::Counter,
+                });
+            }
+        }
         MetricCatalog {
             defs,
             virtual_base,
             model_base,
+            tokens_base,
         }
     }
 
@@ -146,6 +161,12 @@ impl MetricCatalog {
         Some(MetricId(
             self.model_base + model.0 * OUTCOME_NAMES.len() + slot,
         ))
+    }
+
+    /// `looper.model.<alias>.prompt_tokens` and `.completion_tokens`.
+    pub fn model_tokens(&self, model: ModelId) -> (MetricId, MetricId) {
+        let base = self.tokens_base + model.0 * PER_MODEL_TOKENS;
+        (MetricId(base), MetricId(base + 1))
     }
 
     pub fn response_class(&self, status: u16) -> MetricId {

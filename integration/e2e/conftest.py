@@ -169,8 +169,15 @@ class Stack:
         return 0
 
     def sim_stats(self):
-        _, _, body = self._http(self.sim_port, "GET", "/sim/stats")
-        return json.loads(body)
+        """The simulator's counters once no request is in flight there (a call the gateway
+        abandoned may still be finishing), so token counts can be compared exactly."""
+        deadline = time.monotonic() + 10
+        while True:
+            _, _, body = self._http(self.sim_port, "GET", "/sim/stats")
+            stats = json.loads(body)
+            if stats["totals"].get("in_flight", 0) == 0 or time.monotonic() > deadline:
+                return stats
+            time.sleep(0.01)
 
 
 @pytest.fixture(scope="session")

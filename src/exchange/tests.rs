@@ -47,6 +47,7 @@ struct Drained {
     calls: Vec<Dispatched>,
     reply: Option<(u16, Headers, Vec<u8>)>,
     counts: Vec<String>,
+    adds: Vec<(String, u64)>,
 }
 
 fn drain(gw: &Gateway, ex: &mut Exchange) -> Drained {
@@ -54,6 +55,7 @@ fn drain(gw: &Gateway, ex: &mut Exchange) -> Drained {
         calls: Vec::new(),
         reply: None,
         counts: Vec::new(),
+        adds: Vec::new(),
     };
     while let Some(c) = ex.poll_command() {
         match c {
@@ -86,6 +88,10 @@ fn drain(gw: &Gateway, ex: &mut Exchange) -> Drained {
                 d.reply = Some((status, headers, body));
             }
             Command::Count(id) => d.counts.push(gw.metrics().defs()[id.0].name.clone()),
+            Command::Add(id, n) => {
+                assert!(n > 0, "Envoy refuses zero increments");
+                d.adds.push((gw.metrics().defs()[id.0].name.clone(), n));
+            }
             Command::Record(..) => {}
         }
     }
@@ -670,4 +676,36 @@ fn looping_recipes_refuse_n_and_tools_clearly() {
     // `single` passes them on.
     let (_, _, d) = post(&gw, &chat("vllm-sr/auto", json!({"n": 2})), false);
     assert_eq!(d.calls[0].3["n"], 2);
+}
+
+#[test]
+fn tokens_are_counted_per_model_and_late_results_ignored() {
+    let gw = gateway_with(json!({
+        "recipes": {"r": {"algorithm": "ratings", "contract": {"type": "choice"},
+            "members": [{"model": "small", "weight": 2.0}, {"model": "medium", "weight": 1.0}]}}
+    }));
+    let (mut ex, _, d) = post(&gw, &chat("vllm-sr/auto", json!({})), false);
+    assert_eq!(d.calls.len(), 2);
+    let answer = |letter: &str| CallResult::Response {
+        status: 200,
+        body: json!({"choices": [{"message": {"content": format!("ANSWER: {letter}")}}],
+                     "usage": {"prompt_tokens": 7, "completion_tokens": 3}})
+        .to_string()
+        .into_bytes(),
+    };
+    // `small` outweighs `medium`: its answer decides the vote at once.
+    ex.on_call_result(d.calls[0].0, answer("A"), T0);
+    let first = drain(&gw, &mut ex);
+    let (_, headers, _) = first.reply.unwrap();
+    assert_eq!(header(&headers, "x-looper-abandoned-calls"), Some("1"));
+    assert_eq!(
+        first.adds,
+        vec![
+            ("looper.model.small.prompt_tokens".to_string(), 7),
+            ("looper.model.small.completion_tokens".to_string(), 3)
+        ]
+    );
+    ex.on_call_result(d.calls[1].0, answer("B"), T0);
+    let late = drain(&gw, &mut ex);
+    assert!(late.reply.is_none() && late.adds.is_empty() && late.counts.is_empty());
 }

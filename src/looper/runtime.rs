@@ -26,11 +26,12 @@ pub enum LooperCommand {
         body: Vec<u8>,
         timeout_ms: u64,
     },
-    /// A call ended (for metrics: outcome by model).
+    /// A call ended (for metrics: outcome and tokens by model).
     CallFinished {
         call: CallId,
         model: ModelId,
         outcome: &'static str,
+        usage: Option<Usage>,
     },
     /// Something worth counting happened.
     Event(LooperEvent),
@@ -650,6 +651,7 @@ impl Runtime {
             call: id,
             model,
             outcome: outcome.name(),
+            usage: outcome.usage().copied(),
         });
         true
     }

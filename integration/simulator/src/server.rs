@@ -204,6 +204,7 @@ enum Delivery {
 
 fn chat(state: &State, stream: &mut TcpStream, body: &[u8], close: bool) -> Flow {
     let stats = &state.stats;
+    let _in_flight = stats.in_flight();
     let req = match ChatRequest::parse(body) {
         Ok(req) => req,
         Err(e) => {

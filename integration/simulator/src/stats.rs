@@ -1,6 +1,7 @@
 //! Counters served by `GET /sim/stats` and zeroed by `POST /sim/reset`.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use serde_json::{json, Map, Value};
@@ -116,6 +117,17 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Stats {
     inner: Mutex<Inner>,
+    /// Chat requests being handled now; tests wait for zero before comparing token counts.
+    in_flight: AtomicU64,
+}
+
+/// Counts a chat request as in flight until dropped.
+pub struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Stats {
@@ -137,6 +149,12 @@ impl Stats {
         if let Some(m) = inner.models.get_mut(model) {
             f(m);
         }
+    }
+
+    /// Marks a chat request in flight for the guard's lifetime.
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(&self.in_flight)
     }
 
     /// Counts a request and returns the model's previous request count.
@@ -209,6 +227,10 @@ impl Stats {
         }
         let mut totals = totals.to_json();
         totals.insert("rejected".into(), json!(inner.rejected));
+        totals.insert(
+            "in_flight".into(),
+            json!(self.in_flight.load(Ordering::SeqCst)),
+        );
         json!({"models": models, "totals": totals})
     }
 }
