@@ -429,6 +429,7 @@ impl Exchange {
                         LooperEvent::Failover => Global::Failovers,
                         LooperEvent::Escalation => Global::Escalations,
                         LooperEvent::BudgetStop => Global::BudgetStops,
+                        LooperEvent::QuorumShortfall => Global::QuorumShortfalls,
                         LooperEvent::PolicySkip => Global::PolicySkip,
                         LooperEvent::PolicyFail => Global::PolicyFail,
                         LooperEvent::PolicyFallback => Global::PolicyFallback,

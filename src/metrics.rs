@@ -44,6 +44,8 @@ pub enum Global {
     Escalations,
     /// Calls not started because a budget (calls, tokens, cost, deadline) forbade them.
     BudgetStops,
+    /// ReMoM rounds that ended below their quorum.
+    QuorumShortfalls,
     /// Failed calls handled by each failure policy.
     PolicySkip,
     PolicyFail,
@@ -63,6 +65,7 @@ const GLOBALS: &[(Global, &str)] = &[
     (Global::AbandonedCalls, "looper.abandoned_calls_total"),
     (Global::Escalations, "looper.escalations_total"),
     (Global::BudgetStops, "looper.budget_stops_total"),
+    (Global::QuorumShortfalls, "looper.quorum_shortfalls_total"),
     (Global::PolicySkip, "looper.failures.skip"),
     (Global::PolicyFail, "looper.failures.fail"),
     (Global::PolicyFallback, "looper.failures.fallback"),

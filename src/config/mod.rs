@@ -9,8 +9,8 @@ mod recipe;
 pub use reader::ConfigError;
 use reader::{ConfigResult, Node, Object};
 pub use recipe::{
-    Algorithm, Budget, Candidate, ConfidenceMethod, ConfidenceRecipe, FailurePolicy, Member,
-    RatingsRecipe, Recipe, RoleParams,
+    Algorithm, Budget, Candidate, ConfidenceMethod, ConfidenceRecipe, Distribution, FailurePolicy,
+    FusionRecipe, Member, PoolMember, RatingsRecipe, Recipe, RemomRecipe, RoleParams,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -24,6 +24,9 @@ pub mod bounds {
     pub const MAX_VIRTUAL_MODELS: usize = 64;
     pub const MAX_MODELS_PER_RECIPE: usize = 16;
     pub const MAX_CALLS: u64 = 32;
+    /// ReMoM rounds and samples per round.
+    pub const MAX_ROUNDS: usize = 4;
+    pub const MAX_BREADTH: u64 = 16;
     pub const MAX_TIMEOUT_MS: u64 = 600_000;
     pub const MAX_DEADLINE_MS: u64 = 3_600_000;
     /// Bodies are held whole in the VM's memory (at most 1 GiB in Envoy, shared by every

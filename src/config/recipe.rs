@@ -2,8 +2,9 @@
 //! (budget, failure policy, output contract, per-role sampling parameters).
 
 use super::reader::{ConfigResult, Node, Object};
-use super::{bounds, is_valid_name, named, ModelId, UpstreamModel};
+use super::{bounds, is_valid_name, named, ConfigError, ModelId, UpstreamModel};
 use crate::contract::Contract;
+use crate::template::{self, Template, Var};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -146,6 +147,61 @@ pub struct RatingsRecipe {
     pub judge: Option<ModelId>,
 }
 
+/// A model of a ReMoM pool or a Fusion panel.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PoolMember {
+    pub model: ModelId,
+    /// Share of a round's samples (`weighted` distribution).
+    pub weight: f64,
+    /// Breaks vote ties towards the stronger model (defaults to the weight).
+    pub strength: f64,
+}
+
+/// How a ReMoM round's samples are spread over the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Distribution {
+    /// In proportion to the weights (largest remainder).
+    Weighted,
+    /// One per model in turn.
+    RoundRobin,
+    /// All on the first model (self-consistency of one model).
+    FirstOnly,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemomRecipe {
+    pub pool: Vec<PoolMember>,
+    /// Parallel samples per round.
+    pub breadth_schedule: Vec<u32>,
+    pub distribution: Distribution,
+    /// Successes a round needs to count as having reached quorum (default: half its breadth,
+    /// rounded up).
+    pub min_success: Option<u32>,
+    /// Caps how long a round waits (its calls' timeouts).
+    pub round_deadline_ms: Option<u64>,
+    pub synthesizer: ModelId,
+    /// Stop waiting in a round once the calls still pending cannot change its plurality.
+    pub early_stop: bool,
+    pub round_prompt: Template,
+    pub synthesis_prompt: Template,
+}
+
+impl RemomRecipe {
+    pub fn quorum(&self, breadth: u32) -> u32 {
+        self.min_success.unwrap_or(breadth.div_ceil(2)).min(breadth)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FusionRecipe {
+    pub panel: Vec<PoolMember>,
+    /// Analyses the panel's answers; asked only when the finalizer prompt uses `{analysis}`.
+    pub judge: Option<ModelId>,
+    pub finalizer: ModelId,
+    pub judge_prompt: Template,
+    pub finalizer_prompt: Template,
+}
+
 /// What a recipe runs.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Algorithm {
@@ -155,6 +211,10 @@ pub enum Algorithm {
     Confidence(ConfidenceRecipe),
     /// A bounded parallel panel and a rating-weighted vote.
     Ratings(RatingsRecipe),
+    /// Rounds of parallel samples, then a synthesis.
+    Remom(RemomRecipe),
+    /// A panel, a judge's structured analysis, and a finalizer.
+    Fusion(FusionRecipe),
 }
 
 impl Algorithm {
@@ -163,6 +223,8 @@ impl Algorithm {
             Algorithm::Single { .. } => "single",
             Algorithm::Confidence(_) => "confidence",
             Algorithm::Ratings(_) => "ratings",
+            Algorithm::Remom(_) => "remom",
+            Algorithm::Fusion(_) => "fusion",
         }
     }
 
@@ -172,12 +234,14 @@ impl Algorithm {
             Algorithm::Single { .. } => &["answer"],
             Algorithm::Confidence(_) => &["answer", "verifier"],
             Algorithm::Ratings(_) => &["answer", "judge"],
+            Algorithm::Remom(_) => &["worker", "synthesizer"],
+            Algorithm::Fusion(_) => &["panel", "judge", "finalizer"],
         }
     }
 }
 
-const AVAILABLE: &str = "single, confidence, ratings";
-const RESERVED_ALGORITHMS: &[&str] = &["remom", "fusion", "workflows"];
+const AVAILABLE: &str = "single, confidence, ratings, remom, fusion";
+const RESERVED_ALGORITHMS: &[&str] = &["workflows"];
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Recipe {
@@ -277,6 +341,29 @@ fn parse_recipe(
                 calls,
                 recipe_defaults::RATINGS_CONCURRENCY,
             )
+        }
+        "remom" => {
+            obj.deny_unknown(&allowed(&[
+                "pool",
+                "breadth_schedule",
+                "distribution",
+                "min_success",
+                "round_deadline_ms",
+                "synthesizer",
+                "early_stop",
+                "prompts",
+            ]))?;
+            let recipe = parse_remom(&obj, aliases)?;
+            let samples: u64 = recipe.breadth_schedule.iter().map(|b| u64::from(*b)).sum();
+            let widest = recipe.breadth_schedule.iter().copied().max().unwrap_or(1);
+            (Algorithm::Remom(recipe), samples + 1, u64::from(widest))
+        }
+        "fusion" => {
+            obj.deny_unknown(&allowed(&["panel", "judge", "finalizer", "prompts"]))?;
+            let recipe = parse_fusion(&obj, aliases)?;
+            let calls = recipe.panel.len() as u64 + 1 + u64::from(recipe.judge.is_some());
+            let panel = recipe.panel.len() as u64;
+            (Algorithm::Fusion(recipe), calls, panel)
         }
         other if RESERVED_ALGORITHMS.contains(&other) => {
             return Err(algorithm_field.error(format!(
@@ -478,6 +565,157 @@ fn parse_ratings(
         members,
         options,
         judge,
+    })
+}
+
+/// `[{"model": "a", "weight": 2, "strength": 1.5}, "b", ...]`: aliases or objects.
+fn parse_pool(field: &Node<'_>, aliases: &HashMap<&str, ModelId>) -> ConfigResult<Vec<PoolMember>> {
+    let items = field.elements()?;
+    check_list_len(field, items.len())?;
+    let mut pool: Vec<PoolMember> = Vec::with_capacity(items.len());
+    for item in &items {
+        let member = if item.string().is_ok() {
+            PoolMember {
+                model: parse_model(item, aliases)?,
+                weight: 1.0,
+                strength: 1.0,
+            }
+        } else {
+            let entry = item.object()?;
+            entry.deny_unknown(&["model", "weight", "strength"])?;
+            let weight = entry.opt_number("weight", 0.0, 1e6)?.unwrap_or(1.0);
+            PoolMember {
+                model: parse_model(&entry.required("model")?, aliases)?,
+                weight,
+                strength: entry.opt_number("strength", 0.0, 1e6)?.unwrap_or(weight),
+            }
+        };
+        if pool.iter().any(|m| m.model == member.model) {
+            return Err(item.error("this model is listed twice"));
+        }
+        pool.push(member);
+    }
+    if pool.iter().all(|m| m.weight == 0.0) {
+        return Err(field.error("at least one model needs a weight above 0"));
+    }
+    Ok(pool)
+}
+
+/// The `prompts` object: each template checked against the variables its role may use.
+fn parse_prompt(
+    prompts: Option<&Object<'_>>,
+    key: &str,
+    default: &str,
+    allowed: &[Var],
+    required: &[Var],
+) -> ConfigResult<Template> {
+    match prompts.and_then(|p| p.field(key)) {
+        Some(f) => Template::parse(f.string()?, allowed, required).map_err(|e| f.error(e)),
+        None => Template::parse(default, allowed, required)
+            .map_err(|e| ConfigError::new(key, format!("built-in default is broken: {e}"))),
+    }
+}
+
+fn parse_remom(obj: &Object<'_>, aliases: &HashMap<&str, ModelId>) -> ConfigResult<RemomRecipe> {
+    let pool = parse_pool(&obj.required("pool")?, aliases)?;
+    let schedule_field = obj.required("breadth_schedule")?;
+    let items = schedule_field.elements()?;
+    if items.is_empty() || items.len() > bounds::MAX_ROUNDS {
+        return Err(schedule_field.error(format!("must list 1 to {} rounds", bounds::MAX_ROUNDS)));
+    }
+    let mut breadth_schedule = Vec::with_capacity(items.len());
+    for item in &items {
+        breadth_schedule.push(item.integer(1, bounds::MAX_BREADTH)? as u32);
+    }
+    let samples: u64 = breadth_schedule.iter().map(|b| u64::from(*b)).sum();
+    if samples + 1 > bounds::MAX_CALLS {
+        return Err(schedule_field.error(format!(
+            "{samples} samples and a synthesis exceed the {} calls a request may make",
+            bounds::MAX_CALLS
+        )));
+    }
+    let distribution = match obj.field("distribution") {
+        Some(f) => match f.string()? {
+            "weighted" => Distribution::Weighted,
+            "round_robin" => Distribution::RoundRobin,
+            "first_only" => Distribution::FirstOnly,
+            _ => return Err(f.error("must be weighted, round_robin or first_only")),
+        },
+        None => Distribution::Weighted,
+    };
+    let min_success = match obj.field("min_success") {
+        Some(f) => {
+            let narrowest = breadth_schedule.iter().copied().min().unwrap_or(1);
+            Some(f.integer(1, u64::from(narrowest))? as u32)
+        }
+        None => None,
+    };
+    let prompts = obj.field("prompts").map(|f| f.object()).transpose()?;
+    if let Some(p) = &prompts {
+        p.deny_unknown(&["round", "synthesis"])?;
+    }
+    let vars = [Var::Question, Var::Answers, Var::Contract, Var::Count];
+    let needed = [Var::Question, Var::Answers];
+    Ok(RemomRecipe {
+        pool,
+        breadth_schedule,
+        distribution,
+        min_success,
+        round_deadline_ms: obj.opt_integer("round_deadline_ms", 1, bounds::MAX_DEADLINE_MS)?,
+        synthesizer: parse_model(&obj.required("synthesizer")?, aliases)?,
+        early_stop: obj.opt_bool("early_stop")?.unwrap_or(true),
+        round_prompt: parse_prompt(
+            prompts.as_ref(),
+            "round",
+            template::defaults::ROUND,
+            &vars,
+            &needed,
+        )?,
+        synthesis_prompt: parse_prompt(
+            prompts.as_ref(),
+            "synthesis",
+            template::defaults::SYNTHESIS,
+            &vars,
+            &needed,
+        )?,
+    })
+}
+
+fn parse_fusion(obj: &Object<'_>, aliases: &HashMap<&str, ModelId>) -> ConfigResult<FusionRecipe> {
+    let panel = parse_pool(&obj.required("panel")?, aliases)?;
+    let prompts = obj.field("prompts").map(|f| f.object()).transpose()?;
+    if let Some(p) = &prompts {
+        p.deny_unknown(&["judge", "finalizer"])?;
+    }
+    let judge_prompt = parse_prompt(
+        prompts.as_ref(),
+        "judge",
+        template::defaults::JUDGE,
+        &[Var::Question, Var::Answers, Var::Count],
+        &[Var::Question, Var::Answers],
+    )?;
+    let finalizer_prompt = parse_prompt(
+        prompts.as_ref(),
+        "finalizer",
+        template::defaults::FINALIZER,
+        &[
+            Var::Question,
+            Var::Answers,
+            Var::Analysis,
+            Var::Contract,
+            Var::Count,
+        ],
+        &[Var::Question],
+    )?;
+    Ok(FusionRecipe {
+        panel,
+        judge: obj
+            .field("judge")
+            .map(|f| parse_model(&f, aliases))
+            .transpose()?,
+        finalizer: parse_model(&obj.required("finalizer")?, aliases)?,
+        judge_prompt,
+        finalizer_prompt,
     })
 }
 

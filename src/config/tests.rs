@@ -169,7 +169,7 @@ fn errors_name_the_field() {
             "recipes.r.algorithm",
         ),
         (
-            Box::new(|v| v["recipes"]["r"]["algorithm"] = json!("remom")),
+            Box::new(|v| v["recipes"]["r"]["algorithm"] = json!("workflows")),
             "recipes.r.algorithm",
         ),
         (
@@ -426,7 +426,7 @@ fn recipe_errors_name_the_field() {
             "recipes.r.members",
         ),
         (
-            json!({"algorithm": "remom", "models": ["a"]}),
+            json!({"algorithm": "workflows", "models": ["a"]}),
             "recipes.r.algorithm",
         ),
     ];

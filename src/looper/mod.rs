@@ -7,7 +7,10 @@
 
 pub mod call;
 mod confidence;
+mod evidence;
+mod fusion;
 mod ratings;
+mod remom;
 pub mod runtime;
 mod single;
 
@@ -67,6 +70,8 @@ impl Looper {
             AlgorithmConfig::Single { models } => Box::new(single::Single::new(models.clone())),
             AlgorithmConfig::Confidence(c) => Box::new(confidence::Confidence::new(c.clone())),
             AlgorithmConfig::Ratings(r) => Box::new(ratings::Ratings::new(r.clone())),
+            AlgorithmConfig::Remom(r) => Box::new(remom::Remom::new(r.clone())),
+            AlgorithmConfig::Fusion(f) => Box::new(fusion::Fusion::new(f.clone())),
         };
         Looper::with_algorithm(config, recipe, request, now, nonce, algorithm)
     }
@@ -98,8 +103,15 @@ impl Looper {
             return;
         }
         let outcome = call::interpret(result);
-        if !self.runtime.record_result(call, &outcome) {
-            return;
+        match self.runtime.record_result(call, &outcome) {
+            Some(runtime::Arrival::Awaited) => {}
+            Some(runtime::Arrival::Late) => {
+                // Its usage counts; a slot may have opened for a queued call.
+                self.runtime.pump();
+                self.check_progress();
+                return;
+            }
+            None => return,
         }
         let model = self.runtime.call(call).map(|c| c.model);
         // The failure policy may retry the step elsewhere (the algorithm hears about it when

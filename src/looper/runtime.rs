@@ -48,10 +48,21 @@ pub enum LooperEvent {
     Escalation,
     /// A call was not started because a budget (calls, tokens, cost, deadline) forbade it.
     BudgetStop,
+    /// A round ended with fewer successes than its quorum.
+    QuorumShortfall,
     /// A failed call was handled by the recipe's failure policy.
     PolicySkip,
     PolicyFail,
     PolicyFallback,
+}
+
+/// How a call's result arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Arrival {
+    /// The algorithm was waiting for it.
+    Awaited,
+    /// The algorithm had stopped waiting; only its usage counts.
+    Late,
 }
 
 /// Why the runtime refused to start a call.
@@ -85,6 +96,9 @@ pub struct CallPlan {
     pub messages: Messages,
     /// Fields set on the sub-call, after the role's sampling parameters.
     pub set: Vec<(&'static str, Value)>,
+    /// A deadline of its own (a round's), earlier than the request's: the call's timeout
+    /// never reaches past it.
+    pub deadline: Option<Millis>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -120,6 +134,7 @@ impl CallPlan {
             role,
             messages: Messages::Client,
             set: Vec::new(),
+            deadline: None,
         }
     }
 
@@ -129,7 +144,13 @@ impl CallPlan {
             role,
             messages: Messages::Own(Rc::new(messages)),
             set: Vec::new(),
+            deadline: None,
         }
+    }
+
+    pub fn until(mut self, deadline: Millis) -> CallPlan {
+        self.deadline = Some(deadline);
+        self
     }
 
     pub fn with(mut self, key: &'static str, value: Value) -> CallPlan {
@@ -578,12 +599,15 @@ impl Runtime {
             let Some(id) = self.queue.pop_front() else {
                 return;
             };
-            let remaining = self.deadline.since(self.now);
             let Some(record) = self.calls.get(id.0 as usize) else {
                 continue;
             };
             let model = record.model;
             let plan = Rc::clone(&record.plan);
+            let deadline = plan
+                .deadline
+                .map_or(self.deadline, |d| d.min(self.deadline));
+            let remaining = deadline.since(self.now);
             let model_timeout = self.config.model(model).map_or(remaining, |m| m.timeout_ms);
             let timeout_ms = model_timeout
                 .min(self.recipe.budget.call_timeout_ms.unwrap_or(u64::MAX))
@@ -615,21 +639,39 @@ impl Runtime {
         }
     }
 
-    /// Records a finished call: usage and cost count whether it succeeded or not. Returns
-    /// false for calls that are not in flight (unknown, or abandoned after the looper ended).
-    pub(super) fn record_result(&mut self, id: CallId, outcome: &CallOutcome) -> bool {
-        if self.call(id).map(|c| c.state) != Some(CallState::InFlight) {
-            return false;
+    /// Stops waiting for a call still in flight (a round decided early). The host cannot
+    /// cancel it; it no longer counts against `max_concurrent`, and if its answer arrives
+    /// before the reply its usage still counts, but the algorithm does not hear about it.
+    pub fn abandon(&mut self, id: CallId) {
+        if let Some(record) = self.calls.get_mut(id.0 as usize) {
+            if record.state == CallState::InFlight {
+                record.state = CallState::Abandoned;
+                self.in_flight = self.in_flight.saturating_sub(1);
+            } else if record.state == CallState::Queued {
+                record.state = CallState::Done;
+                record.outcome = Some("skipped");
+                self.queue.retain(|q| *q != id);
+                self.release(id);
+            }
         }
+    }
+
+    /// Records a finished call: usage and cost count whether it succeeded or not. Returns
+    /// what the looper should do with the result: `None` for calls it never made or already
+    /// heard about.
+    pub(super) fn record_result(&mut self, id: CallId, outcome: &CallOutcome) -> Option<Arrival> {
+        let arrival = match self.call(id).map(|c| c.state) {
+            Some(CallState::InFlight) => Arrival::Awaited,
+            Some(CallState::Abandoned) => Arrival::Late,
+            _ => return None,
+        };
         self.release(id);
         let now = self.now;
         let price = self
             .call(id)
             .and_then(|c| self.config.model(c.model))
             .map(|m| m.price);
-        let Some(record) = self.calls.get_mut(id.0 as usize) else {
-            return false;
-        };
+        let record = self.calls.get_mut(id.0 as usize)?;
         record.state = CallState::Done;
         record.finished_at = Some(now);
         record.outcome = Some(outcome.name());
@@ -646,14 +688,16 @@ impl Runtime {
             self.cost += record.cost;
         }
         let model = record.model;
-        self.in_flight = self.in_flight.saturating_sub(1);
+        if arrival == Arrival::Awaited {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
         self.commands.push_back(LooperCommand::CallFinished {
             call: id,
             model,
             outcome: outcome.name(),
             usage: outcome.usage().copied(),
         });
-        true
+        Some(arrival)
     }
 
     /// Applies the recipe's failure policy to a failed call. Returns the call the algorithm

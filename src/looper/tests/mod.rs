@@ -7,7 +7,9 @@
 //! bounded number of steps.
 
 mod confidence;
+mod fusion;
 mod ratings;
+mod remom;
 mod runtime;
 mod single;
 
