@@ -10,12 +10,13 @@ SIM       := target/release/looper-sim
 REQS      := integration/e2e/requirements.txt
 CARGO     ?= cargo
 
-.PHONY: help deps wasm-target build run test lint unit host-test e2e clean
+.PHONY: help deps wasm-target build run test lint unit host-test e2e compare clean
 
 help:
 	@echo "make run    build the plugin and simulator, start them behind Envoy on 127.0.0.1:10000"
 	@echo "make test   every test: lint, native unit tests, wasmtime host tests, real-Envoy end-to-end"
 	@echo "make build  build $(WASM) and the simulator"
+	@echo "make compare  accuracy, cost and latency of every recipe against the single models"
 	@echo "make clean  remove build outputs and the Python venv"
 
 # --- dependencies: installed when missing -------------------------------------------------
@@ -58,6 +59,10 @@ e2e: build
 	$(PYTHON) -m pytest -q integration/e2e
 
 test: build lint unit host-test e2e
+
+# Every recipe against every single model on the same seeded items, through real Envoy.
+compare: build
+	$(PYTHON) integration/bench/compare.py $(COMPARE_ARGS)
 
 clean:
 	$(CARGO) clean

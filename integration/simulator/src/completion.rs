@@ -13,9 +13,10 @@ use crate::config::ModelConfig;
 use crate::directives::Directives;
 use crate::error::ApiError;
 use crate::faults::FaultKind;
-use crate::questions::{self, Forced, Prompt, Quality, Question};
+use crate::questions::{self, Drawn, Forced, Prompt, Quality, Question};
 use crate::rng::{Fnv64, SplitMix64};
 use crate::stats::Tally;
+use crate::synthesis::{self, Inputs};
 
 pub const MAX_N: u64 = 8;
 pub const MAX_TOP_LOGPROBS: u64 = 20;
@@ -107,6 +108,9 @@ pub struct ChatRequest {
     pub top_logprobs: u64,
     pub stream: bool,
     pub include_usage: bool,
+    /// The OpenAI `seed` field: a different seed gives a different (still reproducible)
+    /// sample, as repeated samples of a real model at a temperature differ.
+    pub seed: Option<u64>,
 }
 
 fn field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
@@ -195,6 +199,7 @@ impl ChatRequest {
             top_logprobs: opt_uint(&obj, "top_logprobs", MAX_TOP_LOGPROBS)?.unwrap_or(0),
             stream,
             include_usage,
+            seed: opt_uint(&obj, "seed", u64::MAX)?,
         })
     }
 
@@ -412,6 +417,19 @@ enum Task<'a> {
         responses: Vec<String>,
         basis: String,
     },
+    /// Write an answer from quoted references (and maybe an analysis).
+    Synthesize {
+        /// The answer extracted from each reference.
+        references: Vec<Option<String>>,
+        /// The analysis' `trusted_answer`.
+        trusted: Option<String>,
+        basis: String,
+    },
+    /// Analyse quoted answers as JSON (Fusion judge).
+    FusionJudge {
+        references: Vec<Option<String>>,
+        basis: String,
+    },
 }
 
 fn task<'a>(req: &ChatRequest, p: &GenParams<'a>) -> Task<'a> {
@@ -429,8 +447,31 @@ fn task<'a>(req: &ChatRequest, p: &GenParams<'a>) -> Task<'a> {
             responses,
             basis: outside,
         },
+        Prompt::Synthesize {
+            answers,
+            analysis,
+            outside,
+        } => {
+            let key = p.question.map(|q| &q.key);
+            Task::Synthesize {
+                references: extract_all(&answers, key),
+                trusted: analysis.and_then(|a| synthesis::trusted_answer(&a, key)),
+                basis: outside,
+            }
+        }
+        Prompt::FusionJudge { answers, outside } => Task::FusionJudge {
+            references: extract_all(&answers, p.question.map(|q| &q.key)),
+            basis: outside,
+        },
         Prompt::Other => p.question.map_or(Task::Plain, Task::Keyed),
     }
+}
+
+fn extract_all(answers: &[String], key: Option<&questions::Key>) -> Vec<Option<String>> {
+    answers
+        .iter()
+        .map(|a| synthesis::reference_answer(a, key))
+        .collect()
 }
 
 /// Whether a fault still delivers a usable answer (so it counts in the
@@ -558,14 +599,7 @@ fn generate_choice(
     }
     let mut draft = match (&p.directives.answer, task) {
         (Some(text), _) => Draft::new(word_tokens(text.split_whitespace()), seed),
-        (None, Task::Plain) => {
-            let mut rng = SplitMix64::new(seed);
-            let mut words = vec![prefix.as_str()];
-            for _ in 0..p.model.answer_words {
-                words.push(vocab_word(rng.below(VOCAB.len() as u64)));
-            }
-            Draft::new(word_tokens(words), seed)
-        }
+        (None, Task::Plain) => plain_draft(&prefix, p.model.answer_words, seed),
         (None, Task::Keyed(q)) => keyed_draft(req, p, q, &prefix, index),
         (
             None,
@@ -602,6 +636,86 @@ fn generate_choice(
                 &req.model,
                 index,
             )
+        }
+        (
+            None,
+            Task::Synthesize {
+                references,
+                trusted,
+                basis,
+            },
+        ) => {
+            if index == 0 {
+                tally.syntheses += 1;
+            }
+            let inputs = Inputs {
+                seed: p.seed,
+                model: &req.model,
+                question: p.question,
+                references,
+                trusted: trusted.as_deref(),
+                basis,
+                index,
+            };
+            let forced = Forced {
+                confidence: p.directives.confidence,
+                correct: p.directives.correct,
+            };
+            let pick = synthesis::pick(
+                &inputs,
+                b"synth",
+                p.quality.synth_skill,
+                p.quality.calibration,
+                forced,
+            );
+            match (pick, p.question) {
+                (Some(pick), q) => {
+                    let mut d =
+                        answer_draft(&prefix, p.model.answer_words, &pick.drawn, pick.lp_seed);
+                    d.keyed = q.map(|_| pick.drawn.correct);
+                    d
+                }
+                (None, Some(q)) => keyed_draft(req, p, q, &prefix, index),
+                (None, None) => plain_draft(&prefix, p.model.answer_words, seed),
+            }
+        }
+        (None, Task::FusionJudge { references, basis }) => {
+            if index == 0 {
+                tally.judgements += 1;
+            }
+            let inputs = Inputs {
+                seed: p.seed,
+                model: &req.model,
+                question: p.question,
+                references,
+                trusted: None,
+                basis,
+                index,
+            };
+            let forced = Forced {
+                confidence: None,
+                correct: p.directives.correct,
+            };
+            let style = synthesis::judge_style(&inputs, p.quality.judge_garbage_rate);
+            let pick = synthesis::pick(
+                &inputs,
+                b"fusion-judge",
+                p.quality.judge_skill,
+                p.quality.calibration,
+                forced,
+            );
+            let groups = pick.as_ref().map(|k| k.groups.clone()).unwrap_or_default();
+            // No reference answer: the judge trusts its own answer.
+            let trusted = match (pick, p.question) {
+                (Some(k), _) => Some(k.drawn.text),
+                (None, Some(q)) => Some(
+                    questions::draw_answer(p.seed, &req.model, q, &p.quality, forced, index).text,
+                ),
+                (None, None) => None,
+            };
+            let json = synthesis::analysis_json(references, &groups, trusted.as_deref());
+            let text = synthesis::judge_reply(&req.model, style, &json, index);
+            Draft::reply(&text, p.seed, &req.model, index)
         }
     };
     let full_len = draft.tokens.len();
@@ -668,6 +782,24 @@ fn keyed_draft(
     };
     let drawn = questions::draw_answer(p.seed, &req.model, q, &p.quality, forced, index);
     let lp_seed = questions::answer_seed(p.seed, &req.model, q, index);
+    let mut draft = answer_draft(prefix, p.model.answer_words, &drawn, lp_seed);
+    draft.keyed = Some(drawn.correct);
+    draft
+}
+
+/// `[<model>] <answer_words random words>`.
+fn plain_draft(prefix: &str, answer_words: u64, seed: u64) -> Draft {
+    let mut rng = SplitMix64::new(seed);
+    let mut words = vec![prefix];
+    for _ in 0..answer_words {
+        words.push(vocab_word(rng.below(VOCAB.len() as u64)));
+    }
+    Draft::new(word_tokens(words), seed)
+}
+
+/// `[<model>] <answer_words filler words> ANSWER: <drawn answer>`, the
+/// filler and the other tokens' logprobs seeded by `lp_seed`.
+fn answer_draft(prefix: &str, answer_words: u64, drawn: &Drawn, lp_seed: u64) -> Draft {
     let filler: Vec<&str> = VOCAB
         .iter()
         .copied()
@@ -675,7 +807,7 @@ fn keyed_draft(
         .collect();
     let mut rng = SplitMix64::new(lp_seed);
     let mut words = vec![prefix];
-    for _ in 0..p.model.answer_words {
+    for _ in 0..answer_words {
         let i = usize::try_from(rng.below(filler.len() as u64)).unwrap_or(0);
         words.push(filler.get(i).copied().unwrap_or("the"));
     }
@@ -696,7 +828,6 @@ fn keyed_draft(
         }
         *slot = Some(AnswerToken { p: drawn.p, rivals });
     }
-    draft.keyed = Some(drawn.correct);
     draft
 }
 

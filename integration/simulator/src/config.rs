@@ -185,6 +185,9 @@ fn parse_model(path: &str, v: &Value) -> Result<ModelConfig, ConfigError> {
             verifier_specificity: f
                 .probability("verifier_specificity", d.quality.verifier_specificity)?,
             judge_skill: f.probability("judge_skill", d.quality.judge_skill)?,
+            synth_skill: f.probability("synth_skill", d.quality.synth_skill)?,
+            judge_garbage_rate: f
+                .probability("judge_garbage_rate", d.quality.judge_garbage_rate)?,
         },
     };
     if !(-50.0..=0.0).contains(&m.mean_logprob) {
@@ -344,7 +347,8 @@ mod tests {
             "hang_ms":10,"slow_chunk_bytes":4,"slow_interval_ms":1,
             "failure_rates":{"status_500":0.1,"hang":0.2,"huge":0.0},
             "accuracy":0.55,"calibration":"overconfident","verifier_sensitivity":1,
-            "verifier_specificity":0.5,"judge_skill":0}}}"#,
+            "verifier_specificity":0.5,"judge_skill":0,"synth_skill":0.25,
+            "judge_garbage_rate":0.5}}}"#,
         )
         .unwrap();
         let m = &c.models["m"];
@@ -361,6 +365,8 @@ mod tests {
                 verifier_sensitivity: 1.0,
                 verifier_specificity: 0.5,
                 judge_skill: 0.0,
+                synth_skill: 0.25,
+                judge_garbage_rate: 0.5,
             }
         );
     }
@@ -407,6 +413,8 @@ mod tests {
             ("verifier_sensitivity", "-0.1"),
             ("verifier_specificity", "2"),
             ("judge_skill", "true"),
+            ("synth_skill", "1.5"),
+            ("judge_garbage_rate", "-1"),
             ("calibration", "\"meh\""),
             ("calibration", "1"),
         ] {

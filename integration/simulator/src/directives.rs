@@ -15,7 +15,7 @@
 //! | `options` | the option letters (2–26 distinct capitals; default `ABCD`) |
 //! | `exact`   | the answer of an exact-answer question |
 //! | `item`    | a stable identity for the question |
-//! | `accuracy`, `verifier_sensitivity`, `verifier_specificity`, `judge_skill` | a probability overriding the model's setting |
+//! | `accuracy`, `verifier_sensitivity`, `verifier_specificity`, `judge_skill`, `synth_skill`, `judge_garbage_rate` (alias `judge_garbage`) | a probability overriding the model's setting |
 //! | `calibration` | `calibrated`, `overconfident`, `underconfident` or `random` |
 //! | `confidence` | the answer token's probability, in `(0, 1]` |
 //! | `correct` | `yes` or `no`: force the answer's correctness |
@@ -240,6 +240,10 @@ fn parse_one(key: &str, value: &str) -> Result<Directives, String> {
         "verifier_sensitivity" => d.quality.verifier_sensitivity = Some(probability(key, value)?),
         "verifier_specificity" => d.quality.verifier_specificity = Some(probability(key, value)?),
         "judge_skill" => d.quality.judge_skill = Some(probability(key, value)?),
+        "synth_skill" => d.quality.synth_skill = Some(probability(key, value)?),
+        "judge_garbage_rate" | "judge_garbage" => {
+            d.quality.judge_garbage_rate = Some(probability(key, value)?);
+        }
         "calibration" => {
             d.quality.calibration = Some(Calibration::parse(value).ok_or_else(|| {
                 format!(
@@ -331,6 +335,7 @@ mod tests {
                 "intro [sim:exact=  New   York ]",
                 "Q? [sim:mc=C] [sim:options=ABCDE] [sim:accuracy@m=0.9] [sim:accuracy=0.1]",
                 "[sim:calibration=random][sim:confidence=0.3][sim:correct=no][sim:item=q7]",
+                "[sim:synth_skill@m=0.9] [sim:judge_garbage=1] [sim:synth_skill@x=0.1]",
             ],
             "m",
         )
@@ -342,6 +347,15 @@ mod tests {
         assert_eq!(d.confidence, Some(0.3));
         assert_eq!(d.correct, Some(false));
         assert_eq!(d.item.as_deref(), Some("q7"));
+        assert_eq!(d.quality.synth_skill, Some(0.9));
+        assert_eq!(d.quality.judge_garbage_rate, Some(1.0));
+        assert_eq!(
+            scan(&["[sim:judge_garbage_rate=0.25]"], "m")
+                .unwrap()
+                .quality
+                .judge_garbage_rate,
+            Some(0.25)
+        );
         let e = scan(&["[sim:mc=C] then [sim:exact=  New   York ]"], "x").unwrap();
         assert_eq!(
             e.key,
@@ -378,6 +392,8 @@ mod tests {
             "[sim:confidence=0]",
             "[sim:correct=maybe]",
             "[sim:item=]",
+            "[sim:synth_skill=2]",
+            "[sim:judge_garbage=yes]",
         ] {
             assert!(scan(&[bad], "m").is_err(), "{bad}");
         }

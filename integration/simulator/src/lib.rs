@@ -7,6 +7,7 @@
 //! - [`completion`]: request validation, answer generation, JSON/SSE rendering;
 //! - [`directives`]: `[sim:...]` directives in message text;
 //! - [`questions`]: keyed questions, answers, verifier and judge replies;
+//! - [`synthesis`]: synthesis (ReMoM, Fusion finalizer) and Fusion judge replies;
 //! - [`faults`]: fault kinds and the `failure_rates` draw;
 //! - [`stats`]: `/sim/stats` counters;
 //! - [`server`]: listener, routing and the chat handler;
@@ -22,6 +23,7 @@ pub mod questions;
 pub mod rng;
 pub mod server;
 pub mod stats;
+pub mod synthesis;
 
 pub use config::{Config, ConfigError, ModelConfig};
 pub use server::Server;

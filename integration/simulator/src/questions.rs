@@ -10,6 +10,8 @@
 //! `<question-NONCE>` tags, so the simulator also knows the key when it is
 //! asked to *verify* a proposed answer (`Proposed answer:` in the last user
 //! message) or to *judge* numbered responses (`Response 1:` … `BEST:`).
+//! [`classify`] also recognises synthesis and Fusion judge prompts, which
+//! [`crate::synthesis`] answers.
 //!
 //! Everything is drawn from PRNG streams keyed by stable inputs: the seed, the
 //! model, the question's identity (never the gateway's nonce) and the choice
@@ -61,7 +63,7 @@ impl Calibration {
     }
 
     /// The range the answer token's probability is drawn from.
-    fn range(self, correct: bool) -> (f64, f64) {
+    pub(crate) fn range(self, correct: bool) -> (f64, f64) {
         match (self, correct) {
             (Calibration::Calibrated, true) => (0.75, 0.99),
             (Calibration::Calibrated, false) => (0.25, 0.6),
@@ -84,7 +86,13 @@ pub struct Quality {
     /// P(say INCORRECT | the proposed answer is wrong).
     pub verifier_specificity: f64,
     /// P(a judge picks the first correct response, when there is one).
+    /// A Fusion judge uses it as its synthesis skill (see [`crate::synthesis`]).
     pub judge_skill: f64,
+    /// P(a synthesizer answers the key, when a reference gives it; else it
+    /// follows the plurality of the references).
+    pub synth_skill: f64,
+    /// P(a Fusion judge replies with text that is not JSON).
+    pub judge_garbage_rate: f64,
 }
 
 impl Default for Quality {
@@ -95,6 +103,8 @@ impl Default for Quality {
             verifier_sensitivity: 0.9,
             verifier_specificity: 0.8,
             judge_skill: 0.8,
+            synth_skill: 0.7,
+            judge_garbage_rate: 0.0,
         }
     }
 }
@@ -107,6 +117,8 @@ pub struct QualityOverrides {
     pub verifier_sensitivity: Option<f64>,
     pub verifier_specificity: Option<f64>,
     pub judge_skill: Option<f64>,
+    pub synth_skill: Option<f64>,
+    pub judge_garbage_rate: Option<f64>,
 }
 
 impl QualityOverrides {
@@ -122,6 +134,8 @@ impl QualityOverrides {
         set(&mut self.verifier_sensitivity, over.verifier_sensitivity);
         set(&mut self.verifier_specificity, over.verifier_specificity);
         set(&mut self.judge_skill, over.judge_skill);
+        set(&mut self.synth_skill, over.synth_skill);
+        set(&mut self.judge_garbage_rate, over.judge_garbage_rate);
     }
 
     pub fn apply(&self, base: &Quality) -> Quality {
@@ -135,6 +149,8 @@ impl QualityOverrides {
                 .verifier_specificity
                 .unwrap_or(base.verifier_specificity),
             judge_skill: self.judge_skill.unwrap_or(base.judge_skill),
+            synth_skill: self.synth_skill.unwrap_or(base.synth_skill),
+            judge_garbage_rate: self.judge_garbage_rate.unwrap_or(base.judge_garbage_rate),
         }
     }
 }
@@ -245,11 +261,11 @@ pub fn answer_seed(seed: u64, model: &str, question: &Question, index: u64) -> u
     stream(seed, model, b"keyed", &question.identity, index).next_u64()
 }
 
-fn uniform(rng: &mut SplitMix64, lo: f64, hi: f64) -> f64 {
+pub(crate) fn uniform(rng: &mut SplitMix64, lo: f64, hi: f64) -> f64 {
     lo + (hi - lo) * rng.next_f64()
 }
 
-fn shuffle<T>(items: &mut [T], rng: &mut SplitMix64) {
+pub(crate) fn shuffle<T>(items: &mut [T], rng: &mut SplitMix64) {
     for i in (1..items.len()).rev() {
         let j = usize::try_from(rng.below(i as u64 + 1)).unwrap_or(0);
         items.swap(i, j);
@@ -293,7 +309,7 @@ pub fn draw_answer(
 }
 
 /// The right answer and every wrong one a model may give.
-fn candidates(key: &Key) -> (String, Vec<String>) {
+pub(crate) fn candidates(key: &Key) -> (String, Vec<String>) {
     match key {
         Key::Choice { answer, options } => (
             answer.to_string(),
@@ -522,6 +538,23 @@ pub enum Prompt {
         responses: Vec<String>,
         outside: String,
     },
+    /// A Fusion judge prompt: a `question` block, `answer` blocks and
+    /// `trusted_answer` outside any block.
+    FusionJudge {
+        /// The quoted answers, in order.
+        answers: Vec<String>,
+        outside: String,
+    },
+    /// A synthesis prompt (ReMoM synthesis or later round, Fusion
+    /// finalizer): a `question` block and `answer` blocks, and none of the
+    /// other prompts' wording (`Proposed answer:`, `BEST:`, `trusted_answer`).
+    Synthesize {
+        /// The quoted answers, in order.
+        answers: Vec<String>,
+        /// The first `analysis` block (a Fusion judge's JSON), if any.
+        analysis: Option<String>,
+        outside: String,
+    },
     Other,
 }
 
@@ -563,7 +596,30 @@ pub fn classify(last_user: Option<&str>) -> Prompt {
         }
         return Prompt::Judge { responses, outside };
     }
-    Prompt::Other
+    let all = blocks(text);
+    let answers: Vec<String> = all
+        .iter()
+        .filter(|b| b.label == "answer")
+        .map(|b| b.inner.to_string())
+        .collect();
+    if answers.is_empty() || !all.iter().any(|b| b.label == "question") {
+        return Prompt::Other;
+    }
+    if outside.contains("trusted_answer") {
+        return Prompt::FusionJudge { answers, outside };
+    }
+    if outside.contains("BEST:") {
+        return Prompt::Other;
+    }
+    let analysis = all
+        .iter()
+        .find(|b| b.label == "analysis")
+        .map(|b| b.inner.to_string());
+    Prompt::Synthesize {
+        answers,
+        analysis,
+        outside,
+    }
 }
 
 /// One verifier reply.

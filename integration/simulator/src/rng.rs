@@ -121,6 +121,16 @@ impl SplitMix64 {
     }
 }
 
+/// The seed of a request that names its own `seed`: the config's seed and the request's,
+/// mixed so that neighbouring request seeds give unrelated samples.
+pub fn mix_seed(config_seed: u64, request_seed: u64) -> u64 {
+    Fnv64::new()
+        .bytes(b"looper-sim/request-seed")
+        .u64(config_seed)
+        .u64(request_seed)
+        .finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

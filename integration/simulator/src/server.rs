@@ -290,7 +290,10 @@ fn chat(state: &State, stream: &mut TcpStream, body: &[u8], close: bool) -> Flow
     let completion = generate(
         &req,
         &GenParams {
-            seed: state.config.seed,
+            // The request's own `seed` picks another sample; without one, the config's.
+            seed: req.seed.map_or(state.config.seed, |s| {
+                crate::rng::mix_seed(state.config.seed, s)
+            }),
             model: mc,
             directives: &directives,
             fault,

@@ -19,8 +19,11 @@ pub struct Tally {
     /// proposed answer could not be found.
     pub verifications: u64,
     pub verifications_invalid: u64,
-    /// Judge requests answered.
+    /// Judge requests answered (Ratings and Fusion judges).
     pub judgements: u64,
+    /// Synthesis requests answered (ReMoM synthesis and later rounds,
+    /// Fusion finalizer).
+    pub syntheses: u64,
 }
 
 impl Tally {
@@ -32,6 +35,7 @@ impl Tally {
             .verifications_invalid
             .saturating_add(o.verifications_invalid);
         self.judgements = self.judgements.saturating_add(o.judgements);
+        self.syntheses = self.syntheses.saturating_add(o.syntheses);
     }
 
     fn sub(&mut self, o: &Tally) {
@@ -42,6 +46,7 @@ impl Tally {
             .verifications_invalid
             .saturating_sub(o.verifications_invalid);
         self.judgements = self.judgements.saturating_sub(o.judgements);
+        self.syntheses = self.syntheses.saturating_sub(o.syntheses);
     }
 }
 
@@ -59,7 +64,7 @@ pub struct ModelStats {
     /// (during latency, a hang, a slow drip or a stream).
     pub cancelled: u64,
     pub faults: BTreeMap<FaultKind, u64>,
-    /// Keyed answers, verifications and judgements actually delivered.
+    /// Keyed answers, verifications, judgements and syntheses actually delivered.
     pub tally: Tally,
 }
 
@@ -101,6 +106,7 @@ impl ModelStats {
             json!(t.verifications_invalid),
         );
         m.insert("judgements".into(), json!(t.judgements));
+        m.insert("syntheses".into(), json!(t.syntheses));
         m.insert("faults".into(), Value::Object(faults));
         m
     }

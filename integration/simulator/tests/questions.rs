@@ -644,3 +644,31 @@ fn stats_count_only_delivered_answers() {
     assert_eq!(model_stats(addr, "small")["answers_correct"], 0);
     assert_eq!(model_stats(addr, "small")["answers_wrong"], 0);
 }
+
+#[test]
+fn the_request_seed_picks_another_reproducible_sample() {
+    let addr = start(CONFIG);
+    let mut c = Client::connect(addr);
+    let q = "Pick one. A) a B) b C) c D) d [sim:mc=A]";
+    let answers: Vec<String> = (0..40)
+        .map(|s| {
+            let mut req = chat("small", q);
+            req["seed"] = json!(s);
+            answer_of(&content(&post_with(&mut c, &req), 0)).to_string()
+        })
+        .collect();
+    let distinct: std::collections::HashSet<&String> = answers.iter().collect();
+    assert!(
+        distinct.len() > 1,
+        "different seeds, different samples: {answers:?}"
+    );
+    let mut req = chat("small", q);
+    req["seed"] = json!(3);
+    assert_eq!(answer_of(&content(&post_with(&mut c, &req), 0)), answers[3]);
+    // Without a seed the answer is the config seed's, as before.
+    let plain = answer_of(&content(&post_with(&mut c, &chat("small", q)), 0)).to_string();
+    assert_eq!(
+        plain,
+        answer_of(&content(&post_with(&mut c, &chat("small", q)), 0))
+    );
+}
