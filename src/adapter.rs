@@ -70,8 +70,14 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let seed = RandomState::new().hash_one(self.clock.now().0);
-        let gateway = Gateway::new(config, seed);
+        // SipHash under random keys: two unpredictable, unrelated seeds.
+        let random = RandomState::new();
+        let now = self.clock.now().0;
+        let gateway = Gateway::new(
+            config,
+            random.hash_one((now, 1u8)),
+            random.hash_one((now, 2u8)),
+        );
         let ids = gateway
             .metrics()
             .defs()

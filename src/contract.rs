@@ -150,6 +150,40 @@ fn find_all_ascii_ci(haystack: &str, needle: &str) -> Vec<usize> {
         .collect()
 }
 
+/// Positions of `answer` markers (not inside a word, followed by a separator), in the order
+/// to try them: markers that begin a line first (a final `ANSWER: X` line), then the rest;
+/// the last first within each group.
+fn answer_markers(text: &str) -> Vec<(usize, usize)> {
+    let mut line_start = Vec::new();
+    let mut inline = Vec::new();
+    for marker in find_all_ascii_ci(text, "answer") {
+        let head = text.get(..marker).unwrap_or("");
+        if is_word_char(head.chars().next_back()) {
+            continue;
+        }
+        let lead = skip_answer_lead(text, marker + "answer".len());
+        if lead == marker + "answer".len() {
+            continue; // no separator: `answers`, `answered`...
+        }
+        // Nothing but decoration, or the word `final`, before it on its line.
+        let line = head.rsplit('\n').next().unwrap_or("");
+        let lead_words: String = line
+            .chars()
+            .filter(|c| !c.is_whitespace() && !matches!(c, '*' | '#' | '>' | '-' | '_'))
+            .collect();
+        let starts_line = lead_words.is_empty() || lead_words.eq_ignore_ascii_case("final");
+        if starts_line {
+            line_start.push((marker, lead));
+        } else {
+            inline.push((marker, lead));
+        }
+    }
+    line_start.reverse();
+    inline.reverse();
+    line_start.extend(inline);
+    line_start
+}
+
 /// The content of the last `\boxed{...}` (braces balanced), with its byte range.
 fn last_boxed(text: &str) -> Option<(String, Range<usize>)> {
     let start = text.rfind("\\boxed{")? + "\\boxed{".len();
@@ -178,7 +212,12 @@ fn skip_answer_lead(text: &str, mut at: usize) -> usize {
         let Some(c) = rest.chars().next() else {
             return at;
         };
-        if c == ':' || c == '*' || c == ' ' || c == '\t' || c == '=' || c == '-' {
+        let minus_sign = c == '-'
+            && rest
+                .get(1..)
+                .and_then(|r| r.chars().next())
+                .is_some_and(|n| n.is_ascii_digit());
+        if c == ':' || c == '*' || c == ' ' || c == '\t' || c == '=' || (c == '-' && !minus_sign) {
             at += c.len_utf8();
         } else if rest.len() >= 2
             && rest.get(..2).is_some_and(|w| w.eq_ignore_ascii_case("is"))
@@ -212,12 +251,27 @@ fn extract_choice(text: &str, options: &[char]) -> Option<Extracted> {
         if !options.contains(&upper) {
             return None;
         }
-        let after = rest
-            .get(offset + c.len_utf8()..)
-            .and_then(|r| r.chars().next());
-        // `ANSWER: Because ...` is not the option B.
-        if !bracketed && is_word_char(after) {
+        let tail = rest.get(offset + c.len_utf8()..).unwrap_or("");
+        let after = tail.chars().next();
+        // `ANSWER: Because ...` is not the option B, nor `I'm sure` the option I.
+        if !bracketed && (is_word_char(after) || matches!(after, Some('\'' | '’'))) {
             return None;
+        }
+        if !bracketed {
+            let line_rest = tail.split('\n').next().unwrap_or("");
+            let next_word = line_rest.trim_start().chars().next();
+            // A lowercase letter is an option only when nothing but punctuation follows it on
+            // its line (`answer: c`), not in prose (`the answer is a multiple of 3`); `I`
+            // followed by words (`I think`) is the pronoun.
+            let bare = line_rest
+                .trim_matches(|x: char| x.is_whitespace() || matches!(x, '.' | '*' | ')' | ']'))
+                .is_empty();
+            if c.is_ascii_lowercase() && !bare {
+                return None;
+            }
+            if upper == 'I' && next_word.is_some_and(char::is_lowercase) {
+                return None;
+            }
         }
         let start = at + offset;
         Some(Extracted {
@@ -226,16 +280,8 @@ fn extract_choice(text: &str, options: &[char]) -> Option<Extracted> {
         })
     };
 
-    // 1. `ANSWER: X`, `The answer is (X)`, `**Answer:** X`: the last one wins.
-    for marker in find_all_ascii_ci(text, "answer").into_iter().rev() {
-        let before = text.get(..marker).and_then(|b| b.chars().next_back());
-        if is_word_char(before) {
-            continue;
-        }
-        let lead = skip_answer_lead(text, marker + "answer".len());
-        if lead == marker + "answer".len() {
-            continue; // no separator: `answers`, `answered`...
-        }
+    // 1. `ANSWER: X`, `The answer is (X)`, `**Answer:** X`: a final answer line first.
+    for (_, lead) in answer_markers(text) {
         if let Some(found) = letter_at(lead) {
             return Some(found);
         }
@@ -289,7 +335,12 @@ pub fn normalize_exact(raw: &str) -> String {
             break;
         }
     }
-    let numeric: String = s.chars().filter(|c| *c != ',' && *c != ' ').collect();
+    // Only thousands separators go (`1,234,567`); `1, 2` stays a list.
+    let numeric = if is_grouped_number(s) {
+        s.replace(',', "")
+    } else {
+        s.to_string()
+    };
     if let Ok(n) = numeric.parse::<f64>() {
         if n.is_finite() {
             if n.fract() == 0.0 && n.abs() < 1e15 {
@@ -299,6 +350,23 @@ pub fn normalize_exact(raw: &str) -> String {
         }
     }
     cap(&collapse_whitespace(&s.to_lowercase()))
+}
+
+/// `1,234` or `-12,345.5`: digits grouped by threes with commas.
+fn is_grouped_number(s: &str) -> bool {
+    let body = s.strip_prefix('-').unwrap_or(s);
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    if !frac.bytes().all(|b| b.is_ascii_digit()) || !int.contains(',') {
+        return false;
+    }
+    let groups: Vec<&str> = int.split(',').collect();
+    groups
+        .first()
+        .is_some_and(|g| (1..=3).contains(&g.len()) && g.bytes().all(|b| b.is_ascii_digit()))
+        && groups
+            .iter()
+            .skip(1)
+            .all(|g| g.len() == 3 && g.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn extract_exact(text: &str) -> Option<Extracted> {
@@ -311,15 +379,7 @@ fn extract_exact(text: &str) -> Option<Extracted> {
             return Some(found);
         }
     }
-    for marker in find_all_ascii_ci(text, "answer").into_iter().rev() {
-        let before = text.get(..marker).and_then(|b| b.chars().next_back());
-        if is_word_char(before) {
-            continue;
-        }
-        let lead = skip_answer_lead(text, marker + "answer".len());
-        if lead == marker + "answer".len() {
-            continue;
-        }
+    for (_, lead) in answer_markers(text) {
         let line_end = text
             .get(lead..)
             .and_then(|r| r.find('\n'))
@@ -456,6 +516,8 @@ mod tests {
             ("...therefore B.", "B"),
             ("First I thought ANSWER: A but no. ANSWER: D", "D"),
             ("answer is b", "B"),
+            ("Final answer: C\nThe answer is a multiple of 3.", "C"),
+            ("I think A is wrong; the answer is C", "C"),
         ];
         for (text, want) in cases {
             assert_eq!(value(&c, text).as_deref(), Some(want), "{text}");
@@ -472,9 +534,26 @@ mod tests {
             "The answers are many",
             "",
             "Final: a",
+            "the answer is a multiple of 3",
         ] {
             assert_eq!(value(&c, text), None, "{text}");
         }
+    }
+
+    #[test]
+    fn ten_options_do_not_read_pronouns_as_answers() {
+        let c = Contract::Choice {
+            options: "ABCDEFGHIJ".chars().collect(),
+        };
+        assert_eq!(
+            value(&c, "Final answer: I'm sure it's (C)").as_deref(),
+            Some("C")
+        );
+        assert_eq!(
+            value(&c, "ANSWER: I think it is G\nG").as_deref(),
+            Some("G")
+        );
+        assert_eq!(value(&c, "ANSWER: I").as_deref(), Some("I"));
     }
 
     #[test]
@@ -494,6 +573,9 @@ mod tests {
             ("ANSWER: **Paris**", "paris"),
             ("lines\n  New   York  ", "new york"),
             ("ANSWER: 7.0", "7"),
+            ("ANSWER: 42\n\nThis answer is based on the table.", "42"),
+            ("ANSWER: 1, 2", "1, 2"),
+            ("ANSWER: -1,234,567.5", "-1234567.5"),
             ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
         ];
         for (text, want) in cases {

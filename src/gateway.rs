@@ -16,12 +16,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: Config, id_seed: u64) -> Rc<Gateway> {
+    /// `id_seed` and `nonce_seed` must be independent random values.
+    pub fn new(config: Config, id_seed: u64, nonce_seed: u64) -> Rc<Gateway> {
         let metrics = MetricCatalog::new(&config);
         Rc::new(Gateway {
             config: Rc::new(config),
             metrics,
-            ids: IdGenerator::new(id_seed),
+            ids: IdGenerator::new(id_seed, nonce_seed),
         })
     }
 

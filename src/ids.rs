@@ -6,6 +6,9 @@ use std::cell::Cell;
 
 pub struct IdGenerator {
     seed: u64,
+    /// Nonces come from a stream of their own, so the response ids a client sees say nothing
+    /// about the nonces in prompts.
+    nonce_seed: u64,
     counter: Cell<u64>,
 }
 
@@ -18,9 +21,11 @@ fn mix(mut z: u64) -> u64 {
 }
 
 impl IdGenerator {
-    pub fn new(seed: u64) -> Self {
+    /// `seed` and `nonce_seed` must be independent random values.
+    pub fn new(seed: u64, nonce_seed: u64) -> Self {
         Self {
             seed,
+            nonce_seed,
             counter: Cell::new(0),
         }
     }
@@ -31,7 +36,7 @@ impl IdGenerator {
         self.counter.set(n);
         format!(
             "{:016x}",
-            mix(mix(n ^ self.seed).rotate_left(29) ^ self.seed)
+            mix(mix(n ^ self.nonce_seed).rotate_left(29) ^ self.nonce_seed)
         )
     }
 
@@ -54,7 +59,7 @@ mod tests {
 
     #[test]
     fn ids_are_unique_and_well_formed() {
-        let ids = IdGenerator::new(7);
+        let ids = IdGenerator::new(7, 8);
         let mut seen = HashSet::new();
         for _ in 0..10_000 {
             let id = ids.completion_id();
@@ -65,10 +70,22 @@ mod tests {
     }
 
     #[test]
+    fn nonces_do_not_follow_from_ids() {
+        let a = IdGenerator::new(1, 2);
+        let b = IdGenerator::new(1, 3);
+        assert_eq!(
+            a.completion_id(),
+            b.completion_id(),
+            "same id seed, same ids"
+        );
+        assert_ne!(a.nonce(), b.nonce(), "but independent nonces");
+    }
+
+    #[test]
     fn different_seeds_give_different_ids() {
         assert_ne!(
-            IdGenerator::new(1).completion_id(),
-            IdGenerator::new(2).completion_id()
+            IdGenerator::new(1, 9).completion_id(),
+            IdGenerator::new(2, 9).completion_id()
         );
     }
 }

@@ -24,7 +24,7 @@ fn gateway_with(extra: Value) -> Rc<Gateway> {
         base.extend(extra);
     }
     let config = Config::from_json(v.to_string().as_bytes(), &|_| Some("k-123".into())).unwrap();
-    Gateway::new(config, 42)
+    Gateway::new(config, 42, 43)
 }
 
 fn gateway() -> Rc<Gateway> {

@@ -35,6 +35,8 @@ pub enum FailureKind {
     /// A 2xx body that is not a usable chat completion.
     InvalidBody(&'static str),
     TooLarge,
+    /// Never started: no time was left before its deadline.
+    Skipped,
 }
 
 impl FailureKind {
@@ -53,6 +55,7 @@ impl FailureKind {
             FailureKind::Rejected => "rejected",
             FailureKind::InvalidBody(_) => "invalid_response",
             FailureKind::TooLarge => "too_large",
+            FailureKind::Skipped => "skipped",
         }
     }
 
@@ -65,6 +68,7 @@ impl FailureKind {
             FailureKind::Rejected => "call could not be started".to_string(),
             FailureKind::InvalidBody(why) => format!("invalid response: {why}"),
             FailureKind::TooLarge => "response too large".to_string(),
+            FailureKind::Skipped => "not started: no time left".to_string(),
         }
     }
 }
@@ -224,5 +228,7 @@ mod tests {
         ] {
             assert!(OUTCOME_NAMES.contains(&kind.name()));
         }
+        // Skipped calls never reach the host, so they have no call metric.
+        assert!(!OUTCOME_NAMES.contains(&FailureKind::Skipped.name()));
     }
 }

@@ -53,12 +53,25 @@ impl Evidence {
     }
 }
 
+/// The pool entry behind an answer from `model` for the step of pool entry `index`. A
+/// fallback model's answer keeps no strength: its standing in the pool is unknown.
+pub fn member_for(pool: &[PoolMember], index: usize, model: ModelId) -> PoolMember {
+    match pool.get(index) {
+        Some(m) if m.model == model => *m,
+        _ => PoolMember {
+            model,
+            weight: 0.0,
+            strength: 0.0,
+        },
+    }
+}
+
 /// The answers as numbered blocks between `<answer-nonce>` tags that their content cannot
 /// close.
 pub fn quote(evidence: &[&Evidence], nonce: &str) -> String {
     let mut out = String::new();
     for (i, e) in evidence.iter().enumerate() {
-        let text = crate::openai::error::truncate(e.text(), MAX_QUOTED);
+        let text = &prompt::clip(e.text(), MAX_QUOTED);
         out.push_str(&format!(
             "Answer {}:\n{}\n\n",
             i + 1,

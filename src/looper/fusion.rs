@@ -7,7 +7,7 @@
 
 use super::evidence::{self, Evidence};
 use super::{Algorithm, Answer, CallDone, CallId, CallOutcome, CallPlan, Runtime};
-use crate::config::{FusionRecipe, PoolMember};
+use crate::config::FusionRecipe;
 use crate::contract::Contract;
 use crate::prompt;
 use crate::template::Var;
@@ -22,14 +22,20 @@ pub struct Fusion {
     finalizer_call: Option<CallId>,
 }
 
-/// The judge's analysis: the first JSON object in its reply, if any.
+/// The judge's analysis: the first JSON object in its reply (a bracketed citation such as
+/// `[1]` before it is not one).
 pub fn parse_analysis(text: &str) -> Option<Value> {
-    let contract = Contract::Json {
-        required_keys: Vec::new(),
-    };
-    let found = contract.extract(text)?;
-    let value: Value = serde_json::from_str(&found.value).ok()?;
-    value.is_object().then_some(value)
+    for (start, c) in text.char_indices() {
+        if c != '{' {
+            continue;
+        }
+        let rest = text.get(start..)?;
+        let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+        if let Some(Ok(value @ Value::Object(_))) = stream.next() {
+            return Some(value);
+        }
+    }
+    None
 }
 
 impl Fusion {
@@ -165,6 +171,10 @@ impl Fusion {
 }
 
 impl Algorithm for Fusion {
+    fn on_deadline(&mut self, rt: &mut Runtime) {
+        self.vote(rt, "request deadline reached");
+    }
+
     fn start(&mut self, rt: &mut Runtime) {
         for (member, m) in self.recipe.panel.iter().enumerate() {
             match rt.dispatch(m.model, CallPlan::answer("panel")) {
@@ -196,17 +206,7 @@ impl Algorithm for Fusion {
         };
         self.pending = self.pending.saturating_sub(1);
         if let CallOutcome::Ok(completion) = done.outcome {
-            let member = self.recipe.panel.get(member).map_or(
-                PoolMember {
-                    model: done.model,
-                    weight: 0.0,
-                    strength: 0.0,
-                },
-                |m| PoolMember {
-                    model: done.model,
-                    ..*m
-                },
-            );
+            let member = evidence::member_for(&self.recipe.panel, member, done.model);
             let e = Evidence::new(rt, &member, completion, 0);
             rt.annotate(done.call, e.answer.clone(), None);
             self.evidence.push(e);

@@ -24,6 +24,10 @@ use crate::openai::{ApiError, ChatRequest};
 use crate::time::Millis;
 use std::rc::Rc;
 
+fn bounds_of_calls() -> usize {
+    crate::config::bounds::MAX_CALLS as usize
+}
+
 /// A finished step, as an algorithm sees it.
 #[derive(Debug)]
 pub struct CallDone {
@@ -90,8 +94,7 @@ impl Looper {
             algorithm,
         };
         looper.algorithm.start(&mut looper.runtime);
-        looper.runtime.pump();
-        looper.check_progress();
+        looper.settle();
         looper
     }
 
@@ -107,8 +110,7 @@ impl Looper {
             Some(runtime::Arrival::Awaited) => {}
             Some(runtime::Arrival::Late) => {
                 // Its usage counts; a slot may have opened for a queued call.
-                self.runtime.pump();
-                self.check_progress();
+                self.settle();
                 return;
             }
             None => return,
@@ -133,7 +135,40 @@ impl Looper {
         if !self.runtime.is_finished() && self.runtime.is_past_deadline() {
             self.algorithm.on_deadline(&mut self.runtime);
         }
-        self.runtime.pump();
+        self.settle();
+    }
+
+    /// Starts what can start, tells the algorithm about queued calls that could not (no time
+    /// left), and repeats until nothing changes; then makes sure the looper cannot hang.
+    fn settle(&mut self) {
+        // Each round either starts calls or ends steps; the call budget bounds both.
+        for _ in 0..=bounds_of_calls() {
+            self.runtime.pump();
+            let skipped = self.runtime.take_skipped();
+            if skipped.is_empty() {
+                break;
+            }
+            for call in skipped {
+                if self.runtime.is_finished() {
+                    break;
+                }
+                let Some(record) = self.runtime.call(call) else {
+                    continue;
+                };
+                let step = record.fallback_of.unwrap_or(call);
+                let model = record.model;
+                let done = CallDone {
+                    step,
+                    call,
+                    model,
+                    outcome: CallOutcome::Failed {
+                        kind: FailureKind::Skipped,
+                        usage: None,
+                    },
+                };
+                self.algorithm.on_call_done(&mut self.runtime, done);
+            }
+        }
         self.check_progress();
     }
 
@@ -142,7 +177,7 @@ impl Looper {
         self.runtime.set_now(now);
         if !self.runtime.is_finished() && self.runtime.is_past_deadline() {
             self.algorithm.on_deadline(&mut self.runtime);
-            self.check_progress();
+            self.settle();
         }
     }
 

@@ -325,6 +325,11 @@ impl Algorithm for Remom {
         self.start_round(rt);
     }
 
+    fn on_deadline(&mut self, rt: &mut Runtime) {
+        let evidence = std::mem::take(&mut self.evidence);
+        evidence::finish_with_vote(rt, evidence, "request deadline reached");
+    }
+
     fn on_call_done(&mut self, rt: &mut Runtime, done: CallDone) {
         if Some(done.step) == self.synthesis_call {
             self.on_synthesis(rt, done);
@@ -340,15 +345,7 @@ impl Algorithm for Remom {
         };
         self.pending = self.pending.saturating_sub(1);
         if let CallOutcome::Ok(completion) = done.outcome {
-            let member = self.recipe.pool.get(member).copied().unwrap_or(PoolMember {
-                model: done.model,
-                weight: 0.0,
-                strength: 0.0,
-            });
-            let member = PoolMember {
-                model: done.model,
-                ..member
-            };
+            let member = evidence::member_for(&self.recipe.pool, member, done.model);
             let e = Evidence::new(rt, &member, completion, self.round);
             rt.annotate(done.call, e.answer.clone(), None);
             self.evidence.push(e);

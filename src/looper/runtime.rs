@@ -112,6 +112,10 @@ pub enum Messages {
 
 /// Client fields that do not belong in a call with the gateway's own prompt.
 const CLIENT_ONLY_FIELDS: &[&str] = &[
+    // The client's length limit is for its answer; a verdict or an analysis cut short is
+    // useless. A role's `max_tokens` still applies.
+    "max_tokens",
+    "max_completion_tokens",
     "tools",
     "tool_choice",
     "functions",
@@ -209,6 +213,8 @@ pub struct CallRecord {
     pub score: Option<f64>,
     /// For a retry under the `fallback` policy: the call it replaces.
     pub fallback_of: Option<CallId>,
+    /// The looper stopped waiting for it (its result may still arrive and be billed).
+    pub abandoned: bool,
     plan: Rc<CallPlan>,
     /// Tokens and cost set aside for this call while it is queued or in flight.
     reserved_tokens: u64,
@@ -242,6 +248,9 @@ pub struct Runtime {
     notes: Vec<String>,
     details: Map<String, Value>,
     confidence: Option<f64>,
+    /// Queued calls that never started (no time left); the looper reports them to the
+    /// algorithm as failed steps.
+    skipped: Vec<CallId>,
 }
 
 impl Runtime {
@@ -282,6 +291,7 @@ impl Runtime {
             notes: Vec::new(),
             details: Map::new(),
             confidence: None,
+            skipped: Vec::new(),
         }
     }
 
@@ -402,6 +412,11 @@ impl Runtime {
         self.now = self.now.max(now);
     }
 
+    /// Queued calls that were skipped for lack of time since the last call.
+    pub(super) fn take_skipped(&mut self) -> Vec<CallId> {
+        std::mem::take(&mut self.skipped)
+    }
+
     pub(super) fn poll_command(&mut self) -> Option<LooperCommand> {
         self.commands.pop_front()
     }
@@ -444,13 +459,13 @@ impl Runtime {
     }
 
     /// Why a call estimated at `tokens` and `cost` may not start now, if it may not.
-    fn refusal(&self, tokens: u64, cost: f64) -> Option<Stop> {
+    fn refusal(&self, plan: &CallPlan, tokens: u64, cost: f64) -> Option<Stop> {
         let budget = &self.recipe.budget;
         if self.finished {
             Some(Stop::Finished)
         } else if self.calls.len() >= budget.max_calls as usize {
             Some(Stop::MaxCalls)
-        } else if self.is_past_deadline() {
+        } else if self.is_past_deadline() || plan.deadline.is_some_and(|d| self.now >= d) {
             Some(Stop::Deadline)
         } else if budget.token_budget.is_some_and(|b| {
             self.usage
@@ -484,7 +499,7 @@ impl Runtime {
         fallback_of: Option<CallId>,
     ) -> Result<CallId, Stop> {
         let (tokens, cost) = self.estimate(model, &plan);
-        if let Some(stop) = self.refusal(tokens, cost) {
+        if let Some(stop) = self.refusal(&plan, tokens, cost) {
             let alias = self.alias(model).to_string();
             self.note(format!(
                 "not calling {alias} ({}): {}",
@@ -516,6 +531,7 @@ impl Runtime {
             answer: None,
             score: None,
             fallback_of,
+            abandoned: false,
             plan: Rc::new(plan),
             reserved_tokens: tokens,
             reserved_cost: cost,
@@ -613,13 +629,15 @@ impl Runtime {
                 .min(self.recipe.budget.call_timeout_ms.unwrap_or(u64::MAX))
                 .min(remaining);
             if timeout_ms == 0 {
-                // Out of time: the queued call never starts.
+                // Out of time: the queued call never starts. Its step still ends, as a
+                // failure, so the algorithm does not wait for it.
                 self.release(id);
                 if let Some(record) = self.calls.get_mut(id.0 as usize) {
                     record.state = CallState::Done;
                     record.outcome = Some("skipped");
                     record.error = Some(Stop::Deadline.describe().to_string());
                 }
+                self.skipped.push(id);
                 continue;
             }
             let body = self.body(model, &plan);
@@ -643,15 +661,26 @@ impl Runtime {
     /// cancel it; it no longer counts against `max_concurrent`, and if its answer arrives
     /// before the reply its usage still counts, but the algorithm does not hear about it.
     pub fn abandon(&mut self, id: CallId) {
-        if let Some(record) = self.calls.get_mut(id.0 as usize) {
+        // A fallback retry of this step goes with it.
+        let retries: Vec<CallId> = self
+            .calls
+            .iter()
+            .filter(|c| c.fallback_of == Some(id))
+            .map(|c| c.id)
+            .collect();
+        for call in std::iter::once(id).chain(retries) {
+            let Some(record) = self.calls.get_mut(call.0 as usize) else {
+                continue;
+            };
             if record.state == CallState::InFlight {
                 record.state = CallState::Abandoned;
+                record.abandoned = true;
                 self.in_flight = self.in_flight.saturating_sub(1);
             } else if record.state == CallState::Queued {
                 record.state = CallState::Done;
                 record.outcome = Some("skipped");
-                self.queue.retain(|q| *q != id);
-                self.release(id);
+                self.queue.retain(|q| *q != call);
+                self.release(call);
             }
         }
     }
@@ -794,17 +823,16 @@ impl Runtime {
         for record in &mut self.calls {
             if record.state == CallState::InFlight {
                 record.state = CallState::Abandoned;
+                record.abandoned = true;
             }
         }
         self.result = Some(result);
         self.commands.push_back(LooperCommand::Finished);
     }
 
+    /// Calls the looper stopped waiting for, whether or not their result came in later.
     pub fn abandoned_calls(&self) -> usize {
-        self.calls
-            .iter()
-            .filter(|c| c.state == CallState::Abandoned)
-            .count()
+        self.calls.iter().filter(|c| c.abandoned).count()
     }
 
     pub fn alias(&self, model: ModelId) -> &str {

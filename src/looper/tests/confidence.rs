@@ -356,3 +356,25 @@ fn deadline_returns_the_best_so_far_or_504() {
     let mut h = Harness::new(config(r, &[1000, 1000]), vec![hang(), hang()]);
     assert_eq!(h.run().unwrap_err().status, 504);
 }
+
+#[test]
+fn a_zero_threshold_needs_no_verification_call() {
+    let mut r = recipe("self_verify", &[0.9, 0.0]);
+    r["candidates"][1]["threshold"] = json!(0.0);
+    let mut h = Harness::new(
+        config(r, &[1000, 1000]),
+        vec![
+            model("A", 0.9, "VERDICT: INCORRECT\nCONFIDENCE: 10"),
+            model("B", 0.9, "unused"),
+        ],
+    );
+    let result = h.run().unwrap();
+    assert_eq!(chosen(&result), "B");
+    // m0 answered and was verified; m1 only answered.
+    assert_eq!(h.models_called(), vec![0, 0, 1]);
+    assert!(h.trace()["stop_reason"]
+        .as_str()
+        .unwrap()
+        .contains("threshold 0"));
+    assert_eq!(h.looper.runtime().confidence(), None);
+}

@@ -174,3 +174,35 @@ fn a_judge_picks_among_free_text_answers() {
     assert_eq!(content_of(&h.run().unwrap()), "first");
     assert!(h.notes().contains("judge gave no usable pick"));
 }
+
+#[test]
+fn the_deadline_decides_with_the_votes_in() {
+    let members = json!([{"model": "m0"}, {"model": "m1"}, {"model": "m2"}]);
+    let mut r = recipe(members);
+    r["deadline_ms"] = json!(50);
+    let mut h = Harness::new(
+        config(r, &[1000, 1000, 1000]),
+        vec![says(10, "B"), hang(), hang()],
+    );
+    assert_eq!(letter(&h.run().unwrap()), "B");
+    assert!(h.notes().contains("deadline"));
+}
+
+#[test]
+fn a_fallback_answer_gets_no_vote_weight() {
+    let members = json!([{"model": "m0", "weight": 3.0}, {"model": "m1", "weight": 1.0},
+                         {"model": "m2", "weight": 1.0}]);
+    let mut r = recipe(members);
+    r["on_failure"] = json!({"policy": "fallback", "model": "m3"});
+    r["max_calls"] = json!(5);
+    let mut h = Harness::new(
+        config(r, &[1000, 1000, 1000, 1000]),
+        vec![status(500), says(20, "A"), says(30, "A"), says(5, "B")],
+    );
+    // m0 fails; its retry on m3 answers B but votes with weight 0, so m1 and m2 decide.
+    let result = h.run().unwrap();
+    assert_eq!(letter(&result), "A");
+    let steps = h.trace()["steps"].as_array().unwrap().clone();
+    let retry = steps.iter().find(|s| s["model"] == "m3").unwrap();
+    assert_eq!(retry["score"], 0.0);
+}

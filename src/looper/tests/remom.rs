@@ -248,7 +248,7 @@ fn a_reference_cannot_close_its_block_or_pose_as_instructions() {
         let prompt = last_message(body);
         // Two references: exactly two opening and two closing tags of the gateway's own.
         assert_eq!(prompt.matches("</answer-n0nce>").count(), 2, "{prompt}");
-        assert!(prompt.contains("</answer-n0nce (quoted)>"));
+        assert!(prompt.contains("&lt;/answer-n0nce>"));
         Reply::After(1, ok("ANSWER: A"))
     });
     let mut h = Harness::new(
@@ -274,4 +274,49 @@ fn round_deadlines_cap_worker_timeouts() {
         h.dispatched[4].2, 1000,
         "the synthesis has no round deadline"
     );
+}
+
+#[test]
+fn a_call_that_never_starts_ends_its_step_instead_of_stalling_the_round() {
+    // One call at a time, 100 ms per round: the second sample times out at the round
+    // deadline and the third never starts. The round must still end, with the first answer.
+    let r = recipe(
+        json!([3]),
+        json!({"pool": ["m0"], "distribution": "first_only", "round_deadline_ms": 100,
+               "max_concurrent": 1, "min_success": 1}),
+    );
+    let slow_after_first: Script = std::rc::Rc::new({
+        let n = std::cell::Cell::new(0);
+        move |_| {
+            n.set(n.get() + 1);
+            if n.get() == 1 {
+                Reply::After(80, ok("ANSWER: B"))
+            } else {
+                Reply::Hang
+            }
+        }
+    });
+    let mut h = Harness::new(
+        config(r, &[1000, 1000, 1000]),
+        vec![slow_after_first, hang(), synthesizer("B")],
+    );
+    let result = h.run().unwrap();
+    assert!(content_of(&result).ends_with("ANSWER: B"));
+    let steps = h.trace()["steps"].as_array().unwrap().clone();
+    assert_eq!(steps[2]["outcome"], "skipped");
+}
+
+#[test]
+fn the_deadline_keeps_the_evidence_already_in() {
+    let r = recipe(json!([3]), json!({"deadline_ms": 50, "early_stop": false}));
+    let mut h = Harness::new(
+        config(r, &[1000, 1000, 1000]),
+        vec![says(10, "C"), hang(), hang()],
+    );
+    let result = h.run().unwrap();
+    assert!(content_of(&result).ends_with("ANSWER: C"));
+    assert!(h.trace()["stop_reason"]
+        .as_str()
+        .unwrap()
+        .contains("deadline"));
 }
