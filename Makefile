@@ -10,13 +10,14 @@ SIM       := target/release/looper-sim
 REQS      := integration/e2e/requirements.txt
 CARGO     ?= cargo
 
-.PHONY: help deps wasm-target build run test lint unit host-test e2e compare clean
+.PHONY: help deps wasm-target build run test lint unit host-test e2e compare eval clean
 
 help:
 	@echo "make run    build the plugin and simulator, start them behind Envoy on 127.0.0.1:10000"
 	@echo "make test   every test: lint, native unit tests, wasmtime host tests, real-Envoy end-to-end"
 	@echo "make build  build $(WASM) and the simulator"
-	@echo "make compare  accuracy, cost and latency of every recipe against the single models"
+	@echo "make compare  quick comparison of every recipe against the single models"
+	@echo "make eval   quality benchmark with theory and controls (EVAL_ARGS='--items 2000' for the full size)"
 	@echo "make clean  remove build outputs and the Python venv"
 
 # --- dependencies: installed when missing -------------------------------------------------
@@ -63,6 +64,11 @@ test: build lint unit host-test e2e
 # Every recipe against every single model on the same seeded items, through real Envoy.
 compare: build
 	$(PYTHON) integration/bench/compare.py $(COMPARE_ARGS)
+
+# The quality benchmark: scenarios, dev-split tuning, theory references and controls.
+# Writes results/README.md, results/results.json and one SVG plot per scenario.
+eval: build
+	$(PYTHON) integration/bench/eval.py $(EVAL_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -51,9 +51,12 @@ def wasm_filter(bootstrap):
 class Stack:
     """Simulator + Envoy with the plugin. `request()` talks to the gateway."""
 
-    def __init__(self, plugin_config=None, sim_config=None, env=None):
+    def __init__(self, plugin_config=None, sim_config=None, env=None, sim_args=(),
+                 concurrency=2):
         self.tmp = tempfile.TemporaryDirectory(prefix="looper-e2e-")
         self.procs = []
+        self.sim_args = list(sim_args)
+        self.concurrency = concurrency
         try:
             self._start(Path(self.tmp.name), plugin_config, sim_config, env)
         except BaseException:
@@ -83,7 +86,8 @@ class Stack:
         proc_env = dict(os.environ, **(env or {}))
         self.envoy = subprocess.Popen(
             [str(ENVOY), "-c", str(config_path), "--disable-hot-restart",
-             "--concurrency", "2", "--log-level", "warn", "--component-log-level", "wasm:info",
+             "--concurrency", str(self.concurrency), "--log-level", "warn",
+             "--component-log-level", "wasm:info",
              "--log-path", str(self.envoy_log)],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=proc_env,
         )
@@ -96,7 +100,7 @@ class Stack:
             path = tmp / "sim.json"
             path.write_text(json.dumps(sim_config))
         proc = subprocess.Popen(
-            [str(SIM), "--config", str(path), "--listen", "127.0.0.1:0"],
+            [str(SIM), "--config", str(path), "--listen", "127.0.0.1:0", *self.sim_args],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         self.procs.append(proc)

@@ -13,7 +13,7 @@ use crate::config::ModelConfig;
 use crate::directives::Directives;
 use crate::error::ApiError;
 use crate::faults::FaultKind;
-use crate::questions::{self, Drawn, Forced, Prompt, Quality, Question};
+use crate::questions::{self, Drawn, ErrorModel, Forced, Prompt, Quality, Question};
 use crate::rng::{Fnv64, SplitMix64};
 use crate::stats::Tally;
 use crate::synthesis::{self, Inputs};
@@ -387,6 +387,8 @@ pub struct GenParams<'a> {
     pub question: Option<&'a Question>,
     /// The model's quality settings with directive overrides applied.
     pub quality: Quality,
+    /// The population-wide error model settings.
+    pub errors: ErrorModel,
 }
 
 fn choice_seed(seed: u64, req: &ChatRequest, index: u64) -> u64 {
@@ -592,6 +594,8 @@ fn generate_choice(
     index: u64,
     tally: &mut Tally,
 ) -> Choice {
+    // A deterministic model draws every choice as choice 0.
+    let index = if p.model.deterministic { 0 } else { index };
     let seed = choice_seed(p.seed, req, index);
     let prefix = format!("[{}]", req.model);
     if p.fault == Some(FaultKind::Huge) {
@@ -709,7 +713,10 @@ fn generate_choice(
             let trusted = match (pick, p.question) {
                 (Some(k), _) => Some(k.drawn.text),
                 (None, Some(q)) => Some(
-                    questions::draw_answer(p.seed, &req.model, q, &p.quality, forced, index).text,
+                    questions::draw_answer(
+                        p.seed, &req.model, q, &p.quality, &p.errors, forced, index,
+                    )
+                    .text,
                 ),
                 (None, None) => None,
             };
@@ -780,7 +787,7 @@ fn keyed_draft(
         confidence: p.directives.confidence,
         correct: p.directives.correct,
     };
-    let drawn = questions::draw_answer(p.seed, &req.model, q, &p.quality, forced, index);
+    let drawn = questions::draw_answer(p.seed, &req.model, q, &p.quality, &p.errors, forced, index);
     let lp_seed = questions::answer_seed(p.seed, &req.model, q, index);
     let mut draft = answer_draft(prefix, p.model.answer_words, &drawn, lp_seed);
     draft.keyed = Some(drawn.correct);
@@ -1331,6 +1338,7 @@ mod tests {
             created: 0,
             question: None,
             quality: Quality::default(),
+            errors: ErrorModel::default(),
         };
         let c = generate(&req, &p);
         let v: Value = serde_json::from_slice(&c.to_json_body()).unwrap();

@@ -9,16 +9,28 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 use crate::faults::{FailureRates, FaultKind};
-use crate::questions::{Calibration, Quality};
+use crate::items::ItemBank;
+use crate::questions::{Calibration, ErrorModel, Quality};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub seed: u64,
     pub models: BTreeMap<String, ModelConfig>,
+    /// ρ of the item-response error model, in `[0, 1)`.
+    pub correlation: f64,
+    /// κ of the item-response error model, > 0.
+    pub confidence_spread: f64,
+    /// The `item_bank` path as written (relative to the config file's
+    /// directory); [`Config::load`] reads it into `items`.
+    pub item_bank: Option<String>,
+    /// The loaded item bank (empty unless one was given).
+    pub items: Arc<ItemBank>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +56,9 @@ pub struct ModelConfig {
     pub failure_rates: FailureRates,
     /// Accuracy, calibration, verifier and judge settings (flat keys in JSON).
     pub quality: Quality,
+    /// Ignore the request's `seed` and the choice index: every sample of an
+    /// item is the same answer.
+    pub deterministic: bool,
 }
 
 impl Default for ModelConfig {
@@ -60,6 +75,7 @@ impl Default for ModelConfig {
             slow_interval_ms: 50,
             failure_rates: FailureRates::new(),
             quality: Quality::default(),
+            deterministic: false,
         }
     }
 }
@@ -83,14 +99,14 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn err(path: &str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn err(path: &str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         path: path.to_string(),
         message: message.into(),
     }
 }
 
-fn join(path: &str, key: &str) -> String {
+pub(crate) fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
     } else {
@@ -103,6 +119,10 @@ fn join(path: &str, key: &str) -> String {
 const MAX_MS: u64 = 86_400_000;
 /// Upper bound for `answer_words`.
 const MAX_ANSWER_WORDS: u64 = 1_000_000;
+/// Bound on `ability` and `discrimination` (catches typos).
+const MAX_IRT: f64 = 100.0;
+/// Bound on `confidence_spread`.
+const MAX_SPREAD: f64 = 1e6;
 
 impl Config {
     pub fn from_json_str(text: &str) -> Result<Config, ConfigError> {
@@ -114,6 +134,22 @@ impl Config {
     pub fn from_value(value: &Value) -> Result<Config, ConfigError> {
         let mut f = Fields::new("", value)?;
         let seed = f.u64("seed", 0, u64::MAX)?;
+        let defaults = ErrorModel::default();
+        let correlation = f.f64("correlation", defaults.correlation)?;
+        if !(0.0..1.0).contains(&correlation) {
+            return Err(err(&f.path_of("correlation"), "must be in [0, 1)"));
+        }
+        let confidence_spread = f.f64("confidence_spread", defaults.confidence_spread)?;
+        if !(confidence_spread > 0.0 && confidence_spread <= MAX_SPREAD) {
+            return Err(err(
+                &f.path_of("confidence_spread"),
+                format!("must be above 0 and at most {MAX_SPREAD}"),
+            ));
+        }
+        let item_bank = f.str("item_bank")?.map(str::to_string);
+        if item_bank.as_deref() == Some("") {
+            return Err(err(&f.path_of("item_bank"), "must not be empty"));
+        }
         let models_path = f.path_of("models");
         let models_value = f
             .take("models")
@@ -131,7 +167,47 @@ impl Config {
             models.insert(name.clone(), parse_model(&path, v)?);
         }
         f.finish()?;
-        Ok(Config { seed, models })
+        Ok(Config {
+            seed,
+            models,
+            correlation,
+            confidence_spread,
+            item_bank,
+            items: Arc::new(ItemBank::default()),
+        })
+    }
+
+    /// Reads the config file at `config_path` and its item bank: the
+    /// `items` file when given (the `--items` flag), else the config's
+    /// `item_bank`, relative to the config file's directory. The message
+    /// names the file and the field.
+    pub fn load(config_path: &str, items: Option<&str>) -> Result<Config, String> {
+        let text = std::fs::read_to_string(config_path)
+            .map_err(|e| format!("cannot read config {config_path}: {e}"))?;
+        let mut config = Config::from_json_str(&text).map_err(|e| format!("{config_path}: {e}"))?;
+        let bank = match (items, &config.item_bank) {
+            (Some(path), _) => Some(Path::new(path).to_path_buf()),
+            (None, Some(path)) => Some(
+                Path::new(config_path)
+                    .parent()
+                    .unwrap_or(Path::new(""))
+                    .join(path),
+            ),
+            (None, None) => None,
+        };
+        if let Some(path) = bank {
+            config.items = Arc::new(ItemBank::load(&path)?);
+        }
+        Ok(config)
+    }
+
+    /// The population-wide settings of the error model.
+    pub fn error_model(&self) -> ErrorModel {
+        ErrorModel {
+            item_seed: self.seed,
+            correlation: self.correlation,
+            confidence_spread: self.confidence_spread,
+        }
     }
 }
 
@@ -188,8 +264,24 @@ fn parse_model(path: &str, v: &Value) -> Result<ModelConfig, ConfigError> {
             synth_skill: f.probability("synth_skill", d.quality.synth_skill)?,
             judge_garbage_rate: f
                 .probability("judge_garbage_rate", d.quality.judge_garbage_rate)?,
+            ability: f.opt_f64("ability")?,
+            discrimination: f.f64("discrimination", d.quality.discrimination)?,
+            guess_floor: f.probability("guess_floor", d.quality.guess_floor)?,
         },
+        deterministic: f.bool("deterministic", d.deterministic)?,
     };
+    if m.quality.ability.is_some_and(|t| t.abs() > MAX_IRT) {
+        return Err(err(
+            &f.path_of("ability"),
+            format!("must be between -{MAX_IRT} and {MAX_IRT}"),
+        ));
+    }
+    if !(0.0..=MAX_IRT).contains(&m.quality.discrimination) {
+        return Err(err(
+            &f.path_of("discrimination"),
+            format!("must be between 0 and {MAX_IRT}"),
+        ));
+    }
     if !(-50.0..=0.0).contains(&m.mean_logprob) {
         return Err(err(
             &f.path_of("mean_logprob"),
@@ -235,14 +327,14 @@ fn parse_rates(path: &str, v: &Value) -> Result<FailureRates, ConfigError> {
 
 /// Reads the fields of one JSON object, remembering which were used so
 /// that [`Fields::finish`] can reject unknown ones. `null` counts as absent.
-struct Fields<'a> {
+pub(crate) struct Fields<'a> {
     path: String,
     map: &'a Map<String, Value>,
     known: Vec<&'static str>,
 }
 
 impl<'a> Fields<'a> {
-    fn new(path: &str, v: &'a Value) -> Result<Self, ConfigError> {
+    pub(crate) fn new(path: &str, v: &'a Value) -> Result<Self, ConfigError> {
         let map = v
             .as_object()
             .ok_or_else(|| err(path, "expected a JSON object"))?;
@@ -253,16 +345,21 @@ impl<'a> Fields<'a> {
         })
     }
 
-    fn path_of(&self, key: &str) -> String {
+    pub(crate) fn path_of(&self, key: &str) -> String {
         join(&self.path, key)
     }
 
-    fn take(&mut self, key: &'static str) -> Option<&'a Value> {
+    pub(crate) fn take(&mut self, key: &'static str) -> Option<&'a Value> {
         self.known.push(key);
         self.map.get(key).filter(|v| !v.is_null())
     }
 
-    fn u64(&mut self, key: &'static str, default: u64, max: u64) -> Result<u64, ConfigError> {
+    pub(crate) fn u64(
+        &mut self,
+        key: &'static str,
+        default: u64,
+        max: u64,
+    ) -> Result<u64, ConfigError> {
         match self.take(key) {
             None => Ok(default),
             Some(v) => match v.as_u64() {
@@ -273,7 +370,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn f64(&mut self, key: &'static str, default: f64) -> Result<f64, ConfigError> {
+    pub(crate) fn f64(&mut self, key: &'static str, default: f64) -> Result<f64, ConfigError> {
         match self.take(key) {
             None => Ok(default),
             Some(v) => v
@@ -283,7 +380,23 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn probability(&mut self, key: &'static str, default: f64) -> Result<f64, ConfigError> {
+    /// A finite number, or `None` when absent.
+    pub(crate) fn opt_f64(&mut self, key: &'static str) -> Result<Option<f64>, ConfigError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .filter(|x| x.is_finite())
+                .map(Some)
+                .ok_or_else(|| err(&self.path_of(key), "expected a number")),
+        }
+    }
+
+    pub(crate) fn probability(
+        &mut self,
+        key: &'static str,
+        default: f64,
+    ) -> Result<f64, ConfigError> {
         let p = self.f64(key, default)?;
         if (0.0..=1.0).contains(&p) {
             Ok(p)
@@ -292,7 +405,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn str(&mut self, key: &'static str) -> Result<Option<&'a str>, ConfigError> {
+    pub(crate) fn str(&mut self, key: &'static str) -> Result<Option<&'a str>, ConfigError> {
         match self.take(key) {
             None => Ok(None),
             Some(v) => v
@@ -302,7 +415,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn bool(&mut self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
+    pub(crate) fn bool(&mut self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
         match self.take(key) {
             None => Ok(default),
             Some(v) => v
@@ -311,7 +424,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn finish(self) -> Result<(), ConfigError> {
+    pub(crate) fn finish(self) -> Result<(), ConfigError> {
         let mut unknown: Vec<&String> = self
             .map
             .keys()
@@ -331,6 +444,34 @@ impl<'a> Fields<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_model_settings_parse() {
+        let c = Config::from_json_str(
+            r#"{"seed":3,"correlation":0.8,"confidence_spread":10,"item_bank":"bank.json",
+            "models":{"m":{"ability":1.5,"discrimination":2,"guess_floor":0.25,
+            "deterministic":true}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.error_model(),
+            ErrorModel {
+                item_seed: 3,
+                correlation: 0.8,
+                confidence_spread: 10.0
+            }
+        );
+        assert_eq!(c.item_bank.as_deref(), Some("bank.json"));
+        assert!(c.items.is_empty());
+        let m = &c.models["m"];
+        assert_eq!(m.quality.ability, Some(1.5));
+        assert_eq!(m.quality.discrimination, 2.0);
+        assert_eq!(m.quality.guess_floor, 0.25);
+        assert!(m.deterministic);
+        let d = Config::from_json_str(r#"{"models":{"m":{}}}"#).unwrap();
+        assert_eq!(d.error_model(), ErrorModel::default());
+        assert_eq!(d.item_bank, None);
+    }
 
     #[test]
     fn defaults_apply() {
@@ -367,6 +508,9 @@ mod tests {
                 judge_skill: 0.0,
                 synth_skill: 0.25,
                 judge_garbage_rate: 0.5,
+                ability: None,
+                discrimination: 1.0,
+                guess_floor: 0.0,
             }
         );
     }
@@ -417,10 +561,28 @@ mod tests {
             ("judge_garbage_rate", "-1"),
             ("calibration", "\"meh\""),
             ("calibration", "1"),
+            ("ability", "\"high\""),
+            ("ability", "1000"),
+            ("discrimination", "-1"),
+            ("guess_floor", "1.5"),
+            ("deterministic", "1"),
         ] {
             assert_eq!(
                 error_path(&format!(r#"{{"models":{{"m":{{"{key}":{bad}}}}}}}"#)),
                 format!("models.m.{key}")
+            );
+        }
+        for (key, bad) in [
+            ("correlation", "1"),
+            ("correlation", "-0.1"),
+            ("confidence_spread", "0"),
+            ("confidence_spread", "\"wide\""),
+            ("item_bank", "\"\""),
+            ("item_bank", "3"),
+        ] {
+            assert_eq!(
+                error_path(&format!(r#"{{"{key}":{bad},"models":{{"m":{{}}}}}}"#)),
+                key
             );
         }
         assert_eq!(error_path(r#"{"models":{"a b":{}}}"#), "models.a b");

@@ -6,7 +6,9 @@
 //! - [`http`]: a minimal defensive HTTP/1.1 server layer;
 //! - [`completion`]: request validation, answer generation, JSON/SSE rendering;
 //! - [`directives`]: `[sim:...]` directives in message text;
-//! - [`questions`]: keyed questions, answers, verifier and judge replies;
+//! - [`items`]: item banks and `[item:TAG]` tags;
+//! - [`questions`]: keyed questions, the error model, verifier and judge replies;
+//! - [`dist`]: normal, Gamma and Beta draws, Φ;
 //! - [`synthesis`]: synthesis (ReMoM, Fusion finalizer) and Fusion judge replies;
 //! - [`faults`]: fault kinds and the `failure_rates` draw;
 //! - [`stats`]: `/sim/stats` counters;
@@ -16,9 +18,11 @@
 pub mod completion;
 pub mod config;
 pub mod directives;
+pub mod dist;
 pub mod error;
 pub mod faults;
 pub mod http;
+pub mod items;
 pub mod questions;
 pub mod rng;
 pub mod server;
@@ -26,4 +30,5 @@ pub mod stats;
 pub mod synthesis;
 
 pub use config::{Config, ConfigError, ModelConfig};
+pub use items::ItemBank;
 pub use server::Server;

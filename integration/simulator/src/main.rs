@@ -1,21 +1,24 @@
-//! `looper-sim --config <file.json> [--listen 127.0.0.1:PORT]`
+//! `looper-sim --config <file.json> [--items <bank.json>] [--listen 127.0.0.1:PORT]`
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use looper_sim::{Config, Server};
 
-const USAGE: &str = "usage: looper-sim --config <file.json> [--listen 127.0.0.1:PORT]";
+const USAGE: &str =
+    "usage: looper-sim --config <file.json> [--items <bank.json>] [--listen 127.0.0.1:PORT]";
 const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
 
 struct Args {
     config: String,
+    items: Option<String>,
     listen: String,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
     let mut config = None;
     let mut listen = None;
+    let mut items = None;
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
@@ -25,6 +28,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
             "-h" | "--help" => return Ok(None),
             "--config" => &mut config,
             "--listen" => &mut listen,
+            "--items" => &mut items,
             _ => return Err(format!("unknown argument `{arg}`")),
         };
         let value = match inline {
@@ -37,6 +41,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
     }
     Ok(Some(Args {
         config: config.ok_or("--config is required")?,
+        items,
         listen: listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
     }))
 }
@@ -53,17 +58,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let text = match std::fs::read_to_string(&args.config) {
-        Ok(text) => text,
-        Err(e) => {
-            eprintln!("looper-sim: cannot read config {}: {e}", args.config);
-            return ExitCode::from(2);
-        }
-    };
-    let config = match Config::from_json_str(&text) {
+    let config = match Config::load(&args.config, args.items.as_deref()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("looper-sim: {}: {e}", args.config);
+        Err(msg) => {
+            eprintln!("looper-sim: {msg}");
             return ExitCode::from(2);
         }
     };

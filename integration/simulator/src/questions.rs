@@ -21,10 +21,21 @@
 //! settings low-noise.
 //!
 //! Per-model settings live in [`Quality`] (config, overridable by
-//! directives); per-item data (the key, later an item bank's difficulty)
-//! lives in [`Question`]. [`p_correct`] is the one place that combines them.
+//! directives); per-item data (the key, and for an item bank's items the
+//! difficulty and the distractor) lives in [`Question`]. [`p_correct`] is
+//! the one place that combines them.
+//!
+//! **Item-response model.** When the question has a difficulty `d` and the
+//! model an ability `θ`, `p = floor + (1 − floor) σ(a (θ − d))`. The model's
+//! confidence on the item is `c ~ Beta(κ p, κ (1 − p))`, drawn once per
+//! (seed, model, item); a sample is correct iff `Φ(z) < c` with
+//! `z = √ρ g_item + √(1 − ρ) g_sample`, where `g_item` is shared by every
+//! model and sample of the item (see [`ErrorModel`]). Otherwise the old
+//! model applies: correct iff one uniform draw is below `accuracy`.
 
 use crate::directives::{Directives, KeyDirective};
+use crate::dist;
+use crate::items::{self, ItemBank};
 use crate::rng::{Fnv64, SplitMix64};
 
 /// How the answer token's probability relates to correctness.
@@ -62,6 +73,19 @@ impl Calibration {
         Calibration::ALL.into_iter().find(|c| c.name() == s)
     }
 
+    /// The answer token's probability reported by a model whose confidence
+    /// on the item is `c` (item-response model): `c` itself when
+    /// calibrated, pushed up or down on the logit scale, or uniform in
+    /// `[0.2, 0.99)` (from `u`) when random.
+    pub(crate) fn report(self, c: f64, u: f64) -> f64 {
+        match self {
+            Calibration::Calibrated => c,
+            Calibration::Overconfident => dist::sigmoid(dist::logit(c) + 1.5),
+            Calibration::Underconfident => dist::sigmoid(dist::logit(c) - 1.0),
+            Calibration::Random => 0.2 + 0.79 * u,
+        }
+    }
+
     /// The range the answer token's probability is drawn from.
     pub(crate) fn range(self, correct: bool) -> (f64, f64) {
         match (self, correct) {
@@ -93,6 +117,13 @@ pub struct Quality {
     pub synth_skill: f64,
     /// P(a Fusion judge replies with text that is not JSON).
     pub judge_garbage_rate: f64,
+    /// Item-response ability `θ`. `None`: questions are answered with
+    /// `accuracy`, whatever their difficulty.
+    pub ability: Option<f64>,
+    /// Item-response discrimination `a`.
+    pub discrimination: f64,
+    /// Item-response guessing floor: `p` never falls below it.
+    pub guess_floor: f64,
 }
 
 impl Default for Quality {
@@ -105,6 +136,9 @@ impl Default for Quality {
             judge_skill: 0.8,
             synth_skill: 0.7,
             judge_garbage_rate: 0.0,
+            ability: None,
+            discrimination: 1.0,
+            guess_floor: 0.0,
         }
     }
 }
@@ -151,6 +185,9 @@ impl QualityOverrides {
             judge_skill: self.judge_skill.unwrap_or(base.judge_skill),
             synth_skill: self.synth_skill.unwrap_or(base.synth_skill),
             judge_garbage_rate: self.judge_garbage_rate.unwrap_or(base.judge_garbage_rate),
+            ability: base.ability,
+            discrimination: base.discrimination,
+            guess_floor: base.guess_floor,
         }
     }
 }
@@ -168,20 +205,70 @@ pub enum Key {
     Exact(String),
 }
 
-/// A keyed question, as the simulator sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Question {
-    /// What the answer draws are keyed by: `item:<ID>` for `[sim:item=ID]`,
-    /// else the text (message or text part) holding the key directive, or,
-    /// when the directive sits inside a `<label-NONCE>` block of that text
-    /// (the gateway quoting the question), the inside of that block.
-    pub identity: String,
-    pub key: Key,
+/// An item's attractive wrong answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Distractor {
+    /// An option letter, or an exact answer that does not match the key.
+    pub answer: String,
+    /// P(a wrong answer is the distractor rather than the usual draw).
+    pub attraction: f64,
 }
 
-/// The keyed question of a request (`None` without `mc`/`exact`), or an
-/// error when the `mc` answer is not one of the options.
-pub fn question(d: &Directives, texts: &[String]) -> Result<Option<Question>, String> {
+/// A keyed question, as the simulator sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Question {
+    /// What the answer draws are keyed by: `tag:<TAG>` for an item bank's
+    /// `[item:TAG]`, `item:<ID>` for `[sim:item=ID]`, else the text
+    /// (message or text part) holding the key directive, or, when the
+    /// directive sits inside a `<label-NONCE>` block of that text (the
+    /// gateway quoting the question), the inside of that block.
+    pub identity: String,
+    pub key: Key,
+    /// Item-response difficulty (item banks only).
+    pub difficulty: Option<f64>,
+    /// Attractive wrong answer (item banks only).
+    pub distractor: Option<Distractor>,
+    /// The item bank's tag, when the question comes from the bank.
+    pub tag: Option<String>,
+}
+
+impl Question {
+    /// A question with only an identity and a key (as directives give).
+    pub fn new(identity: impl Into<String>, key: Key) -> Question {
+        Question {
+            identity: identity.into(),
+            key,
+            difficulty: None,
+            distractor: None,
+            tag: None,
+        }
+    }
+}
+
+/// The keyed question of a request: the item of its last `[item:TAG]`
+/// when it has one, else the one its `mc`/`exact` directives give (`None`
+/// without any). An error for an unknown or malformed tag, for a tag
+/// combined with `mc`, `exact`, `options` or `item` directives, or when
+/// the `mc` answer is not one of the options.
+pub fn question(
+    d: &Directives,
+    texts: &[String],
+    bank: &ItemBank,
+) -> Result<Option<Question>, String> {
+    if let Some((tag, item)) = items::find_tag(bank, texts)? {
+        if d.key.is_some() || d.options.is_some() || d.item.is_some() {
+            return Err(format!(
+                "[item:{tag}] cannot be combined with the mc, exact, options or item directives"
+            ));
+        }
+        return Ok(Some(Question {
+            identity: format!("tag:{tag}"),
+            key: item.key.clone(),
+            difficulty: item.difficulty,
+            distractor: item.distractor.clone(),
+            tag: Some(tag.to_string()),
+        }));
+    }
     let Some((spec, (text_index, offset))) = &d.key else {
         return Ok(None);
     };
@@ -211,13 +298,66 @@ pub fn question(d: &Directives, texts: &[String]) -> Result<Option<Question>, St
             enclosing_block(text, *offset).unwrap_or(text).to_string()
         }
     };
-    Ok(Some(Question { identity, key }))
+    Ok(Some(Question::new(identity, key)))
 }
 
-/// Correctness odds of a model on a question. Today this is the model's
-/// accuracy; an item bank would combine ability and difficulty here.
-pub fn p_correct(quality: &Quality, _question: &Question) -> f64 {
-    quality.accuracy
+/// The item-response probability `floor + (1 − floor) σ(a (θ − d))`, when
+/// the question has a difficulty and the model an ability.
+pub fn irt_p(quality: &Quality, question: &Question) -> Option<f64> {
+    let (theta, d) = (quality.ability?, question.difficulty?);
+    let floor = quality.guess_floor;
+    Some(floor + (1.0 - floor) * dist::sigmoid(quality.discrimination * (theta - d)))
+}
+
+/// Correctness odds of a model on a question: the item-response `p` when
+/// it applies ([`irt_p`]), else the model's accuracy.
+pub fn p_correct(quality: &Quality, question: &Question) -> f64 {
+    irt_p(quality, question).unwrap_or(quality.accuracy)
+}
+
+/// Population-wide settings of the item-response error model (global
+/// config).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ErrorModel {
+    /// The config's seed: the item-level draws (`g_item`, shared by every
+    /// model and sample, and each model's confidence on the item) use it,
+    /// never the request's `seed`.
+    pub item_seed: u64,
+    /// ρ in `[0, 1)`: the weight of the item's shared normal in each
+    /// sample's correctness draw.
+    pub correlation: f64,
+    /// κ > 0: the confidence is Beta(κ p, κ (1 − p)); larger is tighter.
+    pub confidence_spread: f64,
+}
+
+impl Default for ErrorModel {
+    fn default() -> Self {
+        ErrorModel {
+            item_seed: 0,
+            correlation: 0.0,
+            confidence_spread: 4.0,
+        }
+    }
+}
+
+impl ErrorModel {
+    /// The model's confidence `c ~ Beta(κ p, κ (1 − p))` on the question,
+    /// clamped to `[0.001, 0.999]`: one draw per (seed, model, identity).
+    pub fn confidence(&self, model: &str, identity: &str, p: f64) -> f64 {
+        let p = p.clamp(1e-6, 1.0 - 1e-6);
+        let k = self.confidence_spread;
+        let mut rng = stream(self.item_seed, model, b"item-confidence", identity, 0);
+        dist::beta(&mut rng, k * p, k * (1.0 - p)).clamp(0.001, 0.999)
+    }
+
+    /// `U = Φ(√ρ g_item + √(1 − ρ) g_sample)`: uniform for every model,
+    /// correlated across models and samples of one item through `g_item`.
+    pub fn copula_uniform(&self, seed: u64, model: &str, identity: &str, index: u64) -> f64 {
+        let g_item = dist::normal(&mut stream(self.item_seed, "", b"item-normal", identity, 0));
+        let g_sample = dist::normal(&mut stream(seed, model, b"sample-normal", identity, index));
+        let rho = self.correlation.clamp(0.0, 1.0);
+        dist::phi(rho.sqrt() * g_item + (1.0 - rho).sqrt() * g_sample)
+    }
 }
 
 /// Directive-level forcing of one answer.
@@ -272,21 +412,43 @@ pub(crate) fn shuffle<T>(items: &mut [T], rng: &mut SplitMix64) {
     }
 }
 
-/// Choice `index` of `model`'s answer.
+/// Choice `index` of `model`'s answer. `seed` is the request's (the
+/// config's seed mixed with the request's `seed` field); the item-level
+/// draws use `errors.item_seed`.
 pub fn draw_answer(
     seed: u64,
     model: &str,
     question: &Question,
     quality: &Quality,
+    errors: &ErrorModel,
     forced: Forced,
     index: u64,
 ) -> Drawn {
     let id = question.identity.as_str();
-    let u = stream(seed, model, b"correct", id, index).next_f64();
-    let correct = forced.correct.unwrap_or(u < p_correct(quality, question));
+    // Item-response model: the confidence first, then correctness.
+    let confidence = irt_p(quality, question).map(|p| errors.confidence(model, id, p));
+    let natural = match confidence {
+        Some(c) => errors.copula_uniform(seed, model, id, index) < c,
+        None => stream(seed, model, b"correct", id, index).next_f64() < quality.accuracy,
+    };
+    let correct = forced.correct.unwrap_or(natural);
     let mut pick = stream(seed, model, b"wrong", id, index);
     let (right, mut wrongs) = candidates(&question.key);
     shuffle(&mut wrongs, &mut pick);
+    // An attractive distractor takes a wrong answer's place with
+    // probability `attraction`; it is also the strongest wrong rival.
+    let distractor = question.distractor.as_ref();
+    let attracted = distractor
+        .is_some_and(|d| stream(seed, model, b"attraction", id, index).next_f64() < d.attraction);
+    if let Some(d) = distractor {
+        if attracted {
+            wrongs.retain(|w| *w != d.answer);
+            wrongs.insert(0, d.answer.clone());
+        } else if !wrongs.contains(&d.answer) {
+            // An exact item's distractor: a rival, not the usual wrong draw.
+            wrongs.push(d.answer.clone());
+        }
+    }
     let text = if correct {
         right.clone()
     } else {
@@ -295,11 +457,22 @@ pub fn draw_answer(
     let correct = text == right;
     // Runner-up: the key when wrong, else another wrong answer.
     let mut rivals: Vec<String> = wrongs.into_iter().filter(|w| *w != text).collect();
+    // Not chosen, the distractor is still the strongest wrong rival.
+    if let Some(i) = distractor.and_then(|d| rivals.iter().position(|r| *r == d.answer)) {
+        let r = rivals.remove(i);
+        rivals.insert(0, r);
+    }
     if !correct {
         rivals.insert(0, right);
     }
-    let (lo, hi) = quality.calibration.range(correct);
-    let drawn_p = uniform(&mut stream(seed, model, b"confidence", id, index), lo, hi);
+    let mut conf_rng = stream(seed, model, b"confidence", id, index);
+    let drawn_p = match confidence {
+        Some(c) => quality.calibration.report(c, conf_rng.next_f64()),
+        None => {
+            let (lo, hi) = quality.calibration.range(correct);
+            uniform(&mut conf_rng, lo, hi)
+        }
+    };
     Drawn {
         text,
         correct,
@@ -806,17 +979,96 @@ mod tests {
     }
 
     #[test]
+    fn item_response_probability_and_reports() {
+        let mut q = Question::new("q", mc('C'));
+        let mut quality = Quality::default();
+        assert_eq!(irt_p(&quality, &q), None);
+        assert_eq!(p_correct(&quality, &q), 0.7);
+        quality.ability = Some(1.0);
+        assert_eq!(irt_p(&quality, &q), None, "no difficulty, no IRT");
+        q.difficulty = Some(1.0);
+        quality.guess_floor = 0.25;
+        quality.discrimination = 2.0;
+        assert_eq!(irt_p(&quality, &q), Some(0.25 + 0.75 * 0.5));
+        q.difficulty = Some(0.0);
+        let want = 0.25 + 0.75 / (1.0 + (-2.0f64).exp());
+        assert!((p_correct(&quality, &q) - want).abs() < 1e-12);
+        for c in [0.01, 0.3, 0.5, 0.9] {
+            assert_eq!(Calibration::Calibrated.report(c, 0.5), c);
+            assert!(Calibration::Overconfident.report(c, 0.5) > c);
+            assert!(Calibration::Underconfident.report(c, 0.5) < c);
+        }
+        assert_eq!(Calibration::Random.report(0.9, 0.0), 0.2);
+    }
+
+    #[test]
+    fn the_distractor_is_the_first_wrong_rival() {
+        let mut q = Question::new("q", mc('C'));
+        q.distractor = Some(Distractor {
+            answer: "A".into(),
+            attraction: 0.0,
+        });
+        let quality = Quality::default();
+        let e = ErrorModel::default();
+        for i in 0..100 {
+            let right = draw_answer(
+                1,
+                "m",
+                &q,
+                &quality,
+                &e,
+                Forced {
+                    confidence: None,
+                    correct: Some(true),
+                },
+                i,
+            );
+            assert_eq!(right.rivals.first().map(String::as_str), Some("A"));
+            let wrong = draw_answer(
+                1,
+                "m",
+                &q,
+                &quality,
+                &e,
+                Forced {
+                    confidence: None,
+                    correct: Some(false),
+                },
+                i,
+            );
+            assert_eq!(wrong.rivals.first().map(String::as_str), Some("C"));
+            if wrong.text != "A" {
+                assert_eq!(wrong.rivals.get(1).map(String::as_str), Some("A"));
+            }
+            assert_eq!(wrong.rivals.len(), 3);
+        }
+    }
+
+    #[test]
     fn forced_and_common_random_numbers() {
-        let q = Question {
-            identity: "q".into(),
-            key: mc('C'),
-        };
+        let q = Question::new("q", mc('C'));
         let mut base = Quality::default();
         for i in 0..200 {
             base.accuracy = 0.3;
-            let low = draw_answer(1, "m", &q, &base, Forced::default(), i);
+            let low = draw_answer(
+                1,
+                "m",
+                &q,
+                &base,
+                &ErrorModel::default(),
+                Forced::default(),
+                i,
+            );
             base.accuracy = 0.8;
-            let high = draw_answer(1, "m", &q, &base, Forced::default(), i);
+            let high = draw_answer(
+                1,
+                "m",
+                &q,
+                &base,
+                &ErrorModel::default(),
+                Forced::default(),
+                i,
+            );
             assert!(!low.correct || high.correct, "raising accuracy never loses");
             assert_eq!(low.correct, low.text == "C");
             if !low.correct {
@@ -827,7 +1079,7 @@ mod tests {
                 confidence: Some(0.3),
                 correct: Some(false),
             };
-            let f = draw_answer(1, "m", &q, &base, forced, i);
+            let f = draw_answer(1, "m", &q, &base, &ErrorModel::default(), forced, i);
             assert!(!f.correct && f.text != "C");
             assert_eq!(f.p, 0.3);
         }

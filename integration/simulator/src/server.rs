@@ -141,6 +141,7 @@ fn route(state: &State, stream: &mut TcpStream, req: &Request, close: bool) -> F
             close,
         ),
         ("GET", "/sim/stats") => send_json(stream, &state.stats.to_json(), close),
+        ("GET", "/sim/usage") => send_json(stream, &state.stats.usage_json(), close),
         ("POST", "/sim/reset") => {
             state.stats.reset();
             send_json(stream, &json!({"ok": true}), close)
@@ -217,7 +218,7 @@ fn chat(state: &State, stream: &mut TcpStream, body: &[u8], close: bool) -> Flow
         return send_error(stream, &ApiError::model_not_found(&req.model), &[], close);
     };
     let scanned = Directives::scan(req.texts.iter().map(String::as_str), &req.model)
-        .and_then(|d| Ok((questions::question(&d, &req.texts)?, d)));
+        .and_then(|d| Ok((questions::question(&d, &req.texts, &state.config.items)?, d)));
     let (question, directives) = match scanned {
         Ok(found) => found,
         Err(msg) => {
@@ -231,7 +232,9 @@ fn chat(state: &State, stream: &mut TcpStream, body: &[u8], close: bool) -> Flow
         }
     };
     let model = req.model.as_str();
-    let counter = stats.begin_request(model);
+    // The usage log's key: the item bank tag the request carries.
+    let tag = question.as_ref().and_then(|q| q.tag.as_deref());
+    let counter = stats.begin_request(model, tag);
     let drawn = faults::draw(
         state.config.seed,
         model,
@@ -290,10 +293,13 @@ fn chat(state: &State, stream: &mut TcpStream, body: &[u8], close: bool) -> Flow
     let completion = generate(
         &req,
         &GenParams {
-            // The request's own `seed` picks another sample; without one, the config's.
-            seed: req.seed.map_or(state.config.seed, |s| {
-                crate::rng::mix_seed(state.config.seed, s)
-            }),
+            // The request's own `seed` picks another sample; without one
+            // (or for a deterministic model), the config's.
+            seed: match req.seed {
+                Some(s) if !mc.deterministic => crate::rng::mix_seed(state.config.seed, s),
+                _ => state.config.seed,
+            },
+            errors: state.config.error_model(),
             model: mc,
             directives: &directives,
             fault,
@@ -320,14 +326,14 @@ fn chat(state: &State, stream: &mut TcpStream, body: &[u8], close: bool) -> Flow
         if events.iter().any(|e| e.kind == EventKind::Usage) {
             outcome.usage = completion.usage;
         }
-        let mut commit = || stats.commit(model, outcome.usage, outcome.ok, &outcome.tally);
+        let mut commit = || stats.commit(model, tag, outcome.usage, outcome.ok, &outcome.tally);
         send_stream(stream, &events, delivery, mc, close, &mut commit)
     } else {
         if !matches!(fault, Some(FaultKind::Garbage | FaultKind::WrongShape)) {
             outcome.usage = completion.usage;
         }
         let body = completion.to_json_body();
-        let mut commit = || stats.commit(model, outcome.usage, outcome.ok, &outcome.tally);
+        let mut commit = || stats.commit(model, tag, outcome.usage, outcome.ok, &outcome.tally);
         send_body(stream, &body, delivery, close, &mut commit)
     };
     match result {
@@ -341,7 +347,7 @@ fn chat(state: &State, stream: &mut TcpStream, body: &[u8], close: bool) -> Flow
         Ok(Sent::Truncated) => Flow::Drop,
         Err(Failed { committed }) => {
             if committed {
-                stats.uncommit(model, outcome.usage, outcome.ok, &outcome.tally);
+                stats.uncommit(model, tag, outcome.usage, outcome.ok, &outcome.tally);
             }
             stats.cancelled(model);
             Flow::Drop

@@ -1,6 +1,7 @@
-//! Counters served by `GET /sim/stats` and zeroed by `POST /sim/reset`.
+//! Counters served by `GET /sim/stats` and `GET /sim/usage` (per item bank
+//! tag), zeroed by `POST /sim/reset`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -112,11 +113,43 @@ impl ModelStats {
     }
 }
 
+/// One entry of the usage log: requests and the usage reported for them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ItemUsage {
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl ItemUsage {
+    fn to_json(self) -> Value {
+        json!({
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     models: BTreeMap<String, ModelStats>,
     /// Chat requests rejected before reaching a model (400/404).
     rejected: u64,
+    /// The usage log by item bank tag. Only known tags get here, so it
+    /// holds at most the bank's size entries.
+    items: HashMap<String, ItemUsage>,
+    /// The usage log of requests without a tag.
+    untagged: ItemUsage,
+}
+
+impl Inner {
+    fn usage_entry(&mut self, tag: Option<&str>) -> &mut ItemUsage {
+        match tag {
+            Some(t) => self.items.entry(t.to_string()).or_default(),
+            None => &mut self.untagged,
+        }
+    }
 }
 
 /// Thread-safe stats. A poisoned lock is recovered, never propagated.
@@ -163,13 +196,16 @@ impl Stats {
         InFlight(&self.in_flight)
     }
 
-    /// Counts a request and returns the model's previous request count.
-    pub fn begin_request(&self, model: &str) -> u64 {
-        let mut counter = 0;
-        self.with_model(model, |m| {
-            counter = m.requests;
-            m.requests += 1;
-        });
+    /// Counts a request (for `model`, and in the usage log under its item
+    /// bank `tag`) and returns the model's previous request count.
+    pub fn begin_request(&self, model: &str, tag: Option<&str>) -> u64 {
+        let mut inner = self.lock();
+        let Some(m) = inner.models.get_mut(model) else {
+            return 0;
+        };
+        let counter = m.requests;
+        m.requests += 1;
+        inner.usage_entry(tag).requests += 1;
         counter
     }
 
@@ -182,28 +218,57 @@ impl Stats {
     }
 
     /// Records a response about to be completed: the usage it reports (if
-    /// any), whether it counts as ok, and its question counters.
-    pub fn commit(&self, model: &str, usage: Option<Usage>, ok: bool, tally: &Tally) {
-        self.with_model(model, |m| {
-            m.tally.add(tally);
-            if let Some(u) = usage {
-                m.prompt_tokens = m.prompt_tokens.saturating_add(u.prompt_tokens);
-                m.completion_tokens = m.completion_tokens.saturating_add(u.completion_tokens);
-            }
-            m.ok_responses += u64::from(ok);
-        });
+    /// any, also in the usage log under `tag`), whether it counts as ok,
+    /// and its question counters.
+    pub fn commit(
+        &self,
+        model: &str,
+        tag: Option<&str>,
+        usage: Option<Usage>,
+        ok: bool,
+        tally: &Tally,
+    ) {
+        let mut inner = self.lock();
+        let Some(m) = inner.models.get_mut(model) else {
+            return;
+        };
+        m.tally.add(tally);
+        if let Some(u) = usage {
+            m.prompt_tokens = m.prompt_tokens.saturating_add(u.prompt_tokens);
+            m.completion_tokens = m.completion_tokens.saturating_add(u.completion_tokens);
+        }
+        m.ok_responses += u64::from(ok);
+        if let Some(u) = usage {
+            let e = inner.usage_entry(tag);
+            e.prompt_tokens = e.prompt_tokens.saturating_add(u.prompt_tokens);
+            e.completion_tokens = e.completion_tokens.saturating_add(u.completion_tokens);
+        }
     }
 
     /// Takes back a [`Stats::commit`] whose response could not be sent.
-    pub fn uncommit(&self, model: &str, usage: Option<Usage>, ok: bool, tally: &Tally) {
-        self.with_model(model, |m| {
-            m.tally.sub(tally);
-            if let Some(u) = usage {
-                m.prompt_tokens = m.prompt_tokens.saturating_sub(u.prompt_tokens);
-                m.completion_tokens = m.completion_tokens.saturating_sub(u.completion_tokens);
-            }
-            m.ok_responses = m.ok_responses.saturating_sub(u64::from(ok));
-        });
+    pub fn uncommit(
+        &self,
+        model: &str,
+        tag: Option<&str>,
+        usage: Option<Usage>,
+        ok: bool,
+        tally: &Tally,
+    ) {
+        let mut inner = self.lock();
+        let Some(m) = inner.models.get_mut(model) else {
+            return;
+        };
+        m.tally.sub(tally);
+        if let Some(u) = usage {
+            m.prompt_tokens = m.prompt_tokens.saturating_sub(u.prompt_tokens);
+            m.completion_tokens = m.completion_tokens.saturating_sub(u.completion_tokens);
+        }
+        m.ok_responses = m.ok_responses.saturating_sub(u64::from(ok));
+        if let Some(u) = usage {
+            let e = inner.usage_entry(tag);
+            e.prompt_tokens = e.prompt_tokens.saturating_sub(u.prompt_tokens);
+            e.completion_tokens = e.completion_tokens.saturating_sub(u.completion_tokens);
+        }
     }
 
     pub fn rejected(&self) {
@@ -216,6 +281,29 @@ impl Stats {
             *m = ModelStats::default();
         }
         inner.rejected = 0;
+        inner.items.clear();
+        inner.untagged = ItemUsage::default();
+    }
+
+    /// The usage log entry of `tag` (`None`: the untagged requests).
+    pub fn item_usage(&self, tag: Option<&str>) -> ItemUsage {
+        let inner = self.lock();
+        match tag {
+            Some(t) => inner.items.get(t).copied().unwrap_or_default(),
+            None => inner.untagged,
+        }
+    }
+
+    /// `{"items": {tag: {"requests", "prompt_tokens", "completion_tokens"}},
+    /// "untagged": {...}}`, tags sorted.
+    pub fn usage_json(&self) -> Value {
+        let inner = self.lock();
+        let sorted: BTreeMap<&String, &ItemUsage> = inner.items.iter().collect();
+        let items: Map<String, Value> = sorted
+            .into_iter()
+            .map(|(t, u)| (t.clone(), u.to_json()))
+            .collect();
+        json!({"items": items, "untagged": inner.untagged.to_json()})
     }
 
     pub fn snapshot(&self, model: &str) -> Option<ModelStats> {

@@ -368,13 +368,13 @@ mod tests {
     use crate::questions::{Calibration, DEFAULT_OPTIONS};
 
     fn mc(answer: char) -> Question {
-        Question {
-            identity: "q".into(),
-            key: Key::Choice {
+        Question::new(
+            "q",
+            Key::Choice {
                 answer,
                 options: DEFAULT_OPTIONS.chars().collect(),
             },
-        }
+        )
     }
 
     fn refs(list: &[&str]) -> Vec<Option<String>> {
@@ -485,10 +485,7 @@ mod tests {
 
     #[test]
     fn exact_spelling_of_the_key_becomes_the_key() {
-        let q = Question {
-            identity: "q".into(),
-            key: Key::Exact("42".into()),
-        };
+        let q = Question::new("q", Key::Exact("42".into()));
         let p = choose(Some(&q), &refs(&["**42.0**", "43"]), None, 1.0, 0).unwrap();
         assert_eq!(p.drawn.text, "42");
         assert!(p.drawn.correct);
