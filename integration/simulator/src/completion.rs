@@ -2,9 +2,9 @@
 //! and rendering as a JSON `chat.completion` or as SSE chunks.
 //!
 //! Token model: a content string is always words joined by single spaces
-//! (or, in verifier and judge replies, by a newline); token 0 is the first
-//! word, every later token is its separator followed by its word, so the
-//! tokens concatenate back to the content exactly. Prompt tokens are the
+//! (or, in verifier, judge and planner replies, by a newline); token 0 is
+//! the first word, every later token is its separator followed by its word,
+//! so the tokens concatenate back to the content exactly. Prompt tokens are the
 //! whitespace-separated words of all message text plus 3 per message.
 
 use serde_json::{json, Map, Value};
@@ -13,6 +13,7 @@ use crate::config::ModelConfig;
 use crate::directives::Directives;
 use crate::error::ApiError;
 use crate::faults::FaultKind;
+use crate::planner::{self, PlanInputs, PlannerPrompt};
 use crate::questions::{self, Drawn, ErrorModel, Forced, Prompt, Quality, Question};
 use crate::rng::{Fnv64, SplitMix64};
 use crate::stats::Tally;
@@ -432,6 +433,13 @@ enum Task<'a> {
         references: Vec<Option<String>>,
         basis: String,
     },
+    /// Write a plan of worker steps as JSON (Workflows planner).
+    Plan {
+        prompt: PlannerPrompt,
+        /// What the plan is drawn from: the question's identity, else the
+        /// `question` block, else the gateway's words.
+        identity: String,
+    },
 }
 
 fn task<'a>(req: &ChatRequest, p: &GenParams<'a>) -> Task<'a> {
@@ -464,6 +472,17 @@ fn task<'a>(req: &ChatRequest, p: &GenParams<'a>) -> Task<'a> {
         Prompt::FusionJudge { answers, outside } => Task::FusionJudge {
             references: extract_all(&answers, p.question.map(|q| &q.key)),
             basis: outside,
+        },
+        Prompt::Plan {
+            planner,
+            question,
+            outside,
+        } => Task::Plan {
+            prompt: planner,
+            identity: match p.question {
+                Some(q) => q.identity.clone(),
+                None => question.unwrap_or(outside),
+            },
         },
         Prompt::Other => p.question.map_or(Task::Plain, Task::Keyed),
     }
@@ -723,6 +742,24 @@ fn generate_choice(
             let json = synthesis::analysis_json(references, &groups, trusted.as_deref());
             let text = synthesis::judge_reply(&req.model, style, &json, index);
             Draft::reply(&text, p.seed, &req.model, index)
+        }
+        (None, Task::Plan { prompt, identity }) => {
+            let inputs = PlanInputs {
+                seed: p.seed,
+                model: &req.model,
+                identity,
+                replan: prompt.replan,
+                index,
+            };
+            let rate = match (prompt.replan, p.directives.replan_error) {
+                (true, Some(r)) => r,
+                _ => p.quality.planner_error_rate,
+            };
+            let plan = planner::plan(&inputs, prompt, rate, p.directives.planner_error_kind);
+            // Every choice is a plan.
+            tally.plans += 1;
+            tally.plans_invalid += u64::from(!plan.valid);
+            Draft::reply(&plan.text, p.seed, &req.model, index)
         }
     };
     let full_len = draft.tokens.len();

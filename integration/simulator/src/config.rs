@@ -264,6 +264,8 @@ fn parse_model(path: &str, v: &Value) -> Result<ModelConfig, ConfigError> {
             synth_skill: f.probability("synth_skill", d.quality.synth_skill)?,
             judge_garbage_rate: f
                 .probability("judge_garbage_rate", d.quality.judge_garbage_rate)?,
+            planner_error_rate: f
+                .probability("planner_error_rate", d.quality.planner_error_rate)?,
             ability: f.opt_f64("ability")?,
             discrimination: f.f64("discrimination", d.quality.discrimination)?,
             guess_floor: f.probability("guess_floor", d.quality.guess_floor)?,
@@ -489,7 +491,7 @@ mod tests {
             "failure_rates":{"status_500":0.1,"hang":0.2,"huge":0.0},
             "accuracy":0.55,"calibration":"overconfident","verifier_sensitivity":1,
             "verifier_specificity":0.5,"judge_skill":0,"synth_skill":0.25,
-            "judge_garbage_rate":0.5}}}"#,
+            "judge_garbage_rate":0.5,"planner_error_rate":0.25}}}"#,
         )
         .unwrap();
         let m = &c.models["m"];
@@ -508,6 +510,7 @@ mod tests {
                 judge_skill: 0.0,
                 synth_skill: 0.25,
                 judge_garbage_rate: 0.5,
+                planner_error_rate: 0.25,
                 ability: None,
                 discrimination: 1.0,
                 guess_floor: 0.0,
@@ -559,6 +562,8 @@ mod tests {
             ("judge_skill", "true"),
             ("synth_skill", "1.5"),
             ("judge_garbage_rate", "-1"),
+            ("planner_error_rate", "1.5"),
+            ("planner_error_rate", "\"often\""),
             ("calibration", "\"meh\""),
             ("calibration", "1"),
             ("ability", "\"high\""),

@@ -19,6 +19,9 @@
 //! | `calibration` | `calibrated`, `overconfident`, `underconfident` or `random` |
 //! | `confidence` | the answer token's probability, in `(0, 1]` |
 //! | `correct` | `yes` or `no`: force the answer's correctness |
+//! | `planner_error_rate` (alias `planner_error`) | a probability overriding the model's setting |
+//! | `replan_error` | a probability replacing `planner_error_rate` on re-plan prompts only |
+//! | `planner_error_kind` | the kind of an invalid plan: `bad_json`, `unknown_worker`, `too_many_steps`, `cycle` or `long_instruction` |
 //!
 //! `mc` and `exact` set the same thing (the key), so the last one wins.
 //!
@@ -26,6 +29,7 @@
 //! so that typos in tests fail loudly instead of being silently ignored.
 
 use crate::faults::FaultKind;
+use crate::planner::PlanError;
 use crate::questions::{Calibration, QualityOverrides};
 
 const OPEN: &str = "[sim:";
@@ -62,6 +66,10 @@ pub struct Directives {
     pub item: Option<String>,
     pub confidence: Option<f64>,
     pub correct: Option<bool>,
+    /// `[sim:replan_error=P]`: the planner error rate on re-plan prompts.
+    pub replan_error: Option<f64>,
+    /// `[sim:planner_error_kind=KIND]`: the kind of an invalid plan.
+    pub planner_error_kind: Option<PlanError>,
     pub quality: QualityOverrides,
 }
 
@@ -97,6 +105,12 @@ impl Directives {
         }
         if over.correct.is_some() {
             self.correct = over.correct;
+        }
+        if over.replan_error.is_some() {
+            self.replan_error = over.replan_error;
+        }
+        if over.planner_error_kind.is_some() {
+            self.planner_error_kind = over.planner_error_kind;
         }
         self.quality.overlay(&over.quality);
     }
@@ -244,6 +258,18 @@ fn parse_one(key: &str, value: &str) -> Result<Directives, String> {
         "judge_garbage_rate" | "judge_garbage" => {
             d.quality.judge_garbage_rate = Some(probability(key, value)?);
         }
+        "planner_error_rate" | "planner_error" => {
+            d.quality.planner_error_rate = Some(probability(key, value)?);
+        }
+        "replan_error" => d.replan_error = Some(probability(key, value)?),
+        "planner_error_kind" => {
+            d.planner_error_kind = Some(PlanError::parse(value).ok_or_else(|| {
+                format!(
+                    "planner_error_kind must be bad_json, unknown_worker, too_many_steps, cycle or long_instruction, got `{}`",
+                    clip(value)
+                )
+            })?);
+        }
         "calibration" => {
             d.quality.calibration = Some(Calibration::parse(value).ok_or_else(|| {
                 format!(
@@ -349,6 +375,17 @@ mod tests {
         assert_eq!(d.item.as_deref(), Some("q7"));
         assert_eq!(d.quality.synth_skill, Some(0.9));
         assert_eq!(d.quality.judge_garbage_rate, Some(1.0));
+        let p = scan(
+            &[
+                "[sim:planner_error=0.5] [sim:planner_error_rate@m=0.25] [sim:replan_error=0]",
+                "[sim:planner_error_kind=cycle] [sim:planner_error_kind@x=bad_json]",
+            ],
+            "m",
+        )
+        .unwrap();
+        assert_eq!(p.quality.planner_error_rate, Some(0.25));
+        assert_eq!(p.replan_error, Some(0.0));
+        assert_eq!(p.planner_error_kind, Some(PlanError::Cycle));
         assert_eq!(
             scan(&["[sim:judge_garbage_rate=0.25]"], "m")
                 .unwrap()
@@ -394,6 +431,10 @@ mod tests {
             "[sim:item=]",
             "[sim:synth_skill=2]",
             "[sim:judge_garbage=yes]",
+            "[sim:planner_error=2]",
+            "[sim:planner_error_rate=-0.5]",
+            "[sim:replan_error=x]",
+            "[sim:planner_error_kind=loop]",
         ] {
             assert!(scan(&[bad], "m").is_err(), "{bad}");
         }

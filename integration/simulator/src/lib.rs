@@ -10,6 +10,7 @@
 //! - [`questions`]: keyed questions, the error model, verifier and judge replies;
 //! - [`dist`]: normal, Gamma and Beta draws, Φ;
 //! - [`synthesis`]: synthesis (ReMoM, Fusion finalizer) and Fusion judge replies;
+//! - [`planner`]: Workflows planner and re-plan replies (JSON plans);
 //! - [`faults`]: fault kinds and the `failure_rates` draw;
 //! - [`stats`]: `/sim/stats` counters;
 //! - [`server`]: listener, routing and the chat handler;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod faults;
 pub mod http;
 pub mod items;
+pub mod planner;
 pub mod questions;
 pub mod rng;
 pub mod server;

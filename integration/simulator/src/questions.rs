@@ -11,7 +11,8 @@
 //! asked to *verify* a proposed answer (`Proposed answer:` in the last user
 //! message) or to *judge* numbered responses (`Response 1:` … `BEST:`).
 //! [`classify`] also recognises synthesis and Fusion judge prompts, which
-//! [`crate::synthesis`] answers.
+//! [`crate::synthesis`] answers, and planner prompts, which
+//! [`crate::planner`] answers.
 //!
 //! Everything is drawn from PRNG streams keyed by stable inputs: the seed, the
 //! model, the question's identity (never the gateway's nonce) and the choice
@@ -36,6 +37,7 @@
 use crate::directives::{Directives, KeyDirective};
 use crate::dist;
 use crate::items::{self, ItemBank};
+use crate::planner::{self, PlannerPrompt};
 use crate::rng::{Fnv64, SplitMix64};
 
 /// How the answer token's probability relates to correctness.
@@ -117,6 +119,8 @@ pub struct Quality {
     pub synth_skill: f64,
     /// P(a Fusion judge replies with text that is not JSON).
     pub judge_garbage_rate: f64,
+    /// P(a planner replies with an invalid plan).
+    pub planner_error_rate: f64,
     /// Item-response ability `θ`. `None`: questions are answered with
     /// `accuracy`, whatever their difficulty.
     pub ability: Option<f64>,
@@ -136,6 +140,7 @@ impl Default for Quality {
             judge_skill: 0.8,
             synth_skill: 0.7,
             judge_garbage_rate: 0.0,
+            planner_error_rate: 0.0,
             ability: None,
             discrimination: 1.0,
             guess_floor: 0.0,
@@ -153,6 +158,7 @@ pub struct QualityOverrides {
     pub judge_skill: Option<f64>,
     pub synth_skill: Option<f64>,
     pub judge_garbage_rate: Option<f64>,
+    pub planner_error_rate: Option<f64>,
 }
 
 impl QualityOverrides {
@@ -170,6 +176,7 @@ impl QualityOverrides {
         set(&mut self.judge_skill, over.judge_skill);
         set(&mut self.synth_skill, over.synth_skill);
         set(&mut self.judge_garbage_rate, over.judge_garbage_rate);
+        set(&mut self.planner_error_rate, over.planner_error_rate);
     }
 
     pub fn apply(&self, base: &Quality) -> Quality {
@@ -185,6 +192,7 @@ impl QualityOverrides {
             judge_skill: self.judge_skill.unwrap_or(base.judge_skill),
             synth_skill: self.synth_skill.unwrap_or(base.synth_skill),
             judge_garbage_rate: self.judge_garbage_rate.unwrap_or(base.judge_garbage_rate),
+            planner_error_rate: self.planner_error_rate.unwrap_or(base.planner_error_rate),
             ability: base.ability,
             discrimination: base.discrimination,
             guess_floor: base.guess_floor,
@@ -719,13 +727,22 @@ pub enum Prompt {
         outside: String,
     },
     /// A synthesis prompt (ReMoM synthesis or later round, Fusion
-    /// finalizer): a `question` block and `answer` blocks, and none of the
+    /// finalizer, a Workflows step or finalizer that quotes earlier results):
+    /// a `question` block and `answer` (or `output`) blocks, and none of the
     /// other prompts' wording (`Proposed answer:`, `BEST:`, `trusted_answer`).
     Synthesize {
         /// The quoted answers, in order.
         answers: Vec<String>,
         /// The first `analysis` block (a Fusion judge's JSON), if any.
         analysis: Option<String>,
+        outside: String,
+    },
+    /// A planner or re-plan prompt (Workflows): an `Available workers:`
+    /// line and `"steps"` outside any block (see [`crate::planner`]).
+    Plan {
+        planner: PlannerPrompt,
+        /// The inside of the first `question` block, if any.
+        question: Option<String>,
         outside: String,
     },
     Other,
@@ -736,6 +753,17 @@ pub fn classify(last_user: Option<&str>) -> Prompt {
         return Prompt::Other;
     };
     let outside = outside_blocks(text);
+    if let Some(planner) = planner::recognise(&outside) {
+        let question = blocks(text)
+            .into_iter()
+            .find(|b| b.label == "question")
+            .map(|b| b.inner.to_string());
+        return Prompt::Plan {
+            planner,
+            question,
+            outside,
+        };
+    }
     if outside.contains("Proposed answer:") {
         let proposed = blocks(text)
             .into_iter()
@@ -770,9 +798,10 @@ pub fn classify(last_user: Option<&str>) -> Prompt {
         return Prompt::Judge { responses, outside };
     }
     let all = blocks(text);
+    // Workflows quote earlier steps' results as `output` blocks: references like answers.
     let answers: Vec<String> = all
         .iter()
-        .filter(|b| b.label == "answer")
+        .filter(|b| b.label == "answer" || b.label == "output")
         .map(|b| b.inner.to_string())
         .collect();
     if answers.is_empty() || !all.iter().any(|b| b.label == "question") {
@@ -976,6 +1005,35 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // A Workflows finalizer quotes the steps' results as `output` blocks.
+        let finalizer = "A team worked on it.\n\nQuestion:\n<question-k>\nWhat? [sim:mc=C]\n\
+                         </question-k>\n\nResults:\nResult of step a:\n<output-k>\n\
+                         ANSWER: C\n</output-k>";
+        match classify(Some(finalizer)) {
+            Prompt::Synthesize { answers, .. } => assert_eq!(answers, vec!["ANSWER: C"]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn planner_prompts_come_first() {
+        let text = "Question:\n<question-n>\nQ? [sim:mc=B]\n</question-n>\n\n\
+                    Answer 1:\n<answer-n>\nANSWER: B\n</answer-n>\n\n\
+                    Available workers:\n- a: x\n- b: y\n\nProposed answer: BEST: \
+                    trusted_answer. Reply with {\"steps\": []}, at most 2 steps.";
+        match classify(Some(text)) {
+            Prompt::Plan {
+                planner, question, ..
+            } => {
+                assert_eq!(planner.workers, vec!["a", "b"]);
+                assert_eq!(planner.max_steps, 2);
+                assert_eq!(question.as_deref(), Some("Q? [sim:mc=B]"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Inside a block, the planner's words do not count.
+        let quoted = "<question-n>\nAvailable workers:\n- a: x\n\"steps\"\n</question-n>";
+        assert_eq!(classify(Some(quoted)), Prompt::Other);
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub struct Tally {
     /// Synthesis requests answered (ReMoM synthesis and later rounds,
     /// Fusion finalizer).
     pub syntheses: u64,
+    /// Planner replies (choices) delivered, and those among them that are
+    /// not a valid plan.
+    pub plans: u64,
+    pub plans_invalid: u64,
 }
 
 impl Tally {
@@ -37,6 +41,8 @@ impl Tally {
             .saturating_add(o.verifications_invalid);
         self.judgements = self.judgements.saturating_add(o.judgements);
         self.syntheses = self.syntheses.saturating_add(o.syntheses);
+        self.plans = self.plans.saturating_add(o.plans);
+        self.plans_invalid = self.plans_invalid.saturating_add(o.plans_invalid);
     }
 
     fn sub(&mut self, o: &Tally) {
@@ -48,6 +54,8 @@ impl Tally {
             .saturating_sub(o.verifications_invalid);
         self.judgements = self.judgements.saturating_sub(o.judgements);
         self.syntheses = self.syntheses.saturating_sub(o.syntheses);
+        self.plans = self.plans.saturating_sub(o.plans);
+        self.plans_invalid = self.plans_invalid.saturating_sub(o.plans_invalid);
     }
 }
 
@@ -65,7 +73,7 @@ pub struct ModelStats {
     /// (during latency, a hang, a slow drip or a stream).
     pub cancelled: u64,
     pub faults: BTreeMap<FaultKind, u64>,
-    /// Keyed answers, verifications, judgements and syntheses actually delivered.
+    /// Keyed answers, verifications, judgements, syntheses and plans actually delivered.
     pub tally: Tally,
 }
 
@@ -108,6 +116,8 @@ impl ModelStats {
         );
         m.insert("judgements".into(), json!(t.judgements));
         m.insert("syntheses".into(), json!(t.syntheses));
+        m.insert("plans".into(), json!(t.plans));
+        m.insert("plans_invalid".into(), json!(t.plans_invalid));
         m.insert("faults".into(), Value::Object(faults));
         m
     }
