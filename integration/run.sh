@@ -55,8 +55,9 @@ Looper is serving on http://$LISTEN  (Envoy admin: http://127.0.0.1:9901, logs i
   curl -s http://$LISTEN/v1/chat/completions -H 'content-type: application/json' -i \\
     -d '{"model":"looper/ratings","messages":[{"role":"user","content":"Which is prime? A) 4 B) 6 C) 7 D) 9 [sim:mc=C]"}]}'
 
-  Also looper/remom and looper/fusion (same request body); add -H 'x-looper-trace: 1'
-  to see every call, vote and decision in the reply.
+  Also looper/remom, looper/fusion, looper/workflows (a planner's plan) and
+  looper/workflows-swe (static roles), same request body; add -H 'x-looper-trace: 1'
+  to see every call, vote, plan and decision in the reply.
 
   curl -s http://$LISTEN/v1/models
 

@@ -66,12 +66,13 @@ def plugin_config():
         "contract": {"type": "choice", "options": LETTERS},
     }
     cfg["virtual_models"]["looper/majority"] = {"recipe": "majority"}
+    cfg["recipes"]["workflows"]["contract"] = {"type": "choice", "options": LETTERS}
     cfg["limits"]["request_deadline_ms"] = 60000
     return cfg
 
 
 ARMS = ["sim-small", "sim-medium", "sim-large", "looper/majority", "looper/ratings",
-        "looper/confidence", "looper/remom", "looper/fusion"]
+        "looper/confidence", "looper/remom", "looper/fusion", "looper/workflows"]
 
 
 def ask(stack, arm, item, prices):

@@ -9,8 +9,9 @@ mod recipe;
 pub use reader::ConfigError;
 use reader::{ConfigResult, Node, Object};
 pub use recipe::{
-    Algorithm, Budget, Candidate, ConfidenceMethod, ConfidenceRecipe, Distribution, FailurePolicy,
-    FusionRecipe, Member, PoolMember, RatingsRecipe, Recipe, RemomRecipe, RoleParams,
+    workflow_vars, Algorithm, Budget, Candidate, ConfidenceMethod, ConfidenceRecipe, Distribution,
+    FailurePolicy, FusionRecipe, Member, PoolMember, RatingsRecipe, Recipe, RemomRecipe,
+    RoleParams, Step, Worker, WorkflowsRecipe,
 };
 use serde_json::Value;
 use std::collections::HashMap;

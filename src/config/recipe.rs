@@ -4,7 +4,7 @@
 use super::reader::{ConfigResult, Node, Object};
 use super::{bounds, is_valid_name, named, ConfigError, ModelId, UpstreamModel};
 use crate::contract::Contract;
-use crate::template::{self, Template, Var};
+use crate::template::{self, var, Template};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -202,6 +202,64 @@ pub struct FusionRecipe {
     pub finalizer_prompt: Template,
 }
 
+/// A kind of worker a workflow step can name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Worker {
+    pub name: String,
+    pub model: ModelId,
+    /// Shown to the planner.
+    pub description: String,
+}
+
+/// A step of a workflow plan: configured (static roles, the fallback plan) or validated from
+/// a planner's reply.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub id: String,
+    /// Index into the recipe's workers.
+    pub worker: usize,
+    pub instruction: String,
+    /// Indices of the steps whose results it needs (earlier in the list).
+    pub after: Vec<usize>,
+    /// A prompt of its own (static steps); the recipe's worker prompt otherwise.
+    pub prompt: Option<Template>,
+    pub on_failure: Option<FailurePolicy>,
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkflowsRecipe {
+    /// The allow-list: the only workers a plan may name.
+    pub workers: Vec<Worker>,
+    /// The static plan, run as is without a planner, or when the planner's plans are invalid.
+    pub steps: Vec<Step>,
+    /// Asks for a plan first when set.
+    pub planner: Option<ModelId>,
+    pub finalizer: ModelId,
+    pub max_steps: usize,
+    pub max_instruction_bytes: usize,
+    /// One re-plan call, with the validation errors, before the static plan.
+    pub replan: bool,
+    pub planner_prompt: Template,
+    pub worker_prompt: Template,
+    pub finalizer_prompt: Template,
+    pub repair_prompt: Template,
+}
+
+/// Variables of workflow prompts.
+pub mod workflow_vars {
+    pub const WORKERS: &str = "workers";
+    pub const MAX_STEPS: &str = "max_steps";
+    pub const MAX_INSTRUCTION: &str = "max_instruction";
+    pub const INSTRUCTION: &str = "instruction";
+    pub const INPUTS: &str = "inputs";
+    pub const OUTPUTS: &str = "outputs";
+    pub const ANSWER: &str = "answer";
+    pub const PROBLEM: &str = "problem";
+    /// `{output:STEP}`: one earlier step's result.
+    pub const OUTPUT_PREFIX: &str = "output:";
+}
+
 /// What a recipe runs.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Algorithm {
@@ -215,6 +273,8 @@ pub enum Algorithm {
     Remom(RemomRecipe),
     /// A panel, a judge's structured analysis, and a finalizer.
     Fusion(FusionRecipe),
+    /// Steps of named workers run as a DAG, from a static plan or a validated planner's plan.
+    Workflows(WorkflowsRecipe),
 }
 
 impl Algorithm {
@@ -225,6 +285,7 @@ impl Algorithm {
             Algorithm::Ratings(_) => "ratings",
             Algorithm::Remom(_) => "remom",
             Algorithm::Fusion(_) => "fusion",
+            Algorithm::Workflows(_) => "workflows",
         }
     }
 
@@ -236,13 +297,12 @@ impl Algorithm {
             Algorithm::Ratings(_) => &["answer", "judge"],
             Algorithm::Remom(_) => &["worker", "synthesizer"],
             Algorithm::Fusion(_) => &["panel", "judge", "finalizer"],
+            Algorithm::Workflows(_) => &["planner", "worker", "finalizer"],
         }
     }
 }
 
-const AVAILABLE: &str = "single, confidence, ratings, remom, fusion";
-const RESERVED_ALGORITHMS: &[&str] = &["workflows"];
-
+const AVAILABLE: &str = "single, confidence, ratings, remom, fusion, workflows";
 #[derive(Clone, Debug, PartialEq)]
 pub struct Recipe {
     pub name: String,
@@ -365,10 +425,25 @@ fn parse_recipe(
             let panel = recipe.panel.len() as u64;
             (Algorithm::Fusion(recipe), calls, panel)
         }
-        other if RESERVED_ALGORITHMS.contains(&other) => {
-            return Err(algorithm_field.error(format!(
-                "algorithm `{other}` is not available in this version (available: {AVAILABLE})"
-            )))
+        "workflows" => {
+            obj.deny_unknown(&allowed(&[
+                "workers",
+                "steps",
+                "planner",
+                "finalizer",
+                "max_steps",
+                "max_parallel",
+                "max_instruction_bytes",
+                "replan",
+                "prompts",
+            ]))?;
+            let recipe = parse_workflows(&obj, aliases)?;
+            // Planner and re-plan, every step, the finalizer and one repair.
+            let calls = 2 * u64::from(recipe.planner.is_some()) + recipe.max_steps as u64 + 2;
+            let parallel = obj
+                .opt_integer("max_parallel", 1, bounds::MAX_CALLS)?
+                .unwrap_or(2);
+            (Algorithm::Workflows(recipe), calls, parallel)
         }
         other => {
             return Err(algorithm_field.error(format!(
@@ -379,7 +454,11 @@ fn parse_recipe(
     let max_calls = obj
         .opt_integer("max_calls", 1, bounds::MAX_CALLS)?
         .unwrap_or(default_calls.clamp(1, bounds::MAX_CALLS));
-    let max_concurrent = match obj.field("max_concurrent") {
+    let parallel_field = obj.field("max_concurrent").or_else(|| match algorithm {
+        Algorithm::Workflows(_) => obj.field("max_parallel"),
+        _ => None,
+    });
+    let max_concurrent = match parallel_field {
         Some(f)
             if matches!(
                 algorithm,
@@ -606,8 +685,8 @@ fn parse_prompt(
     prompts: Option<&Object<'_>>,
     key: &str,
     default: &str,
-    allowed: &[Var],
-    required: &[Var],
+    allowed: &[&str],
+    required: &[&str],
 ) -> ConfigResult<Template> {
     match prompts.and_then(|p| p.field(key)) {
         Some(f) => Template::parse(f.string()?, allowed, required).map_err(|e| f.error(e)),
@@ -654,8 +733,8 @@ fn parse_remom(obj: &Object<'_>, aliases: &HashMap<&str, ModelId>) -> ConfigResu
     if let Some(p) = &prompts {
         p.deny_unknown(&["round", "synthesis"])?;
     }
-    let vars = [Var::Question, Var::Answers, Var::Contract, Var::Count];
-    let needed = [Var::Question, Var::Answers];
+    let vars = [var::QUESTION, var::ANSWERS, var::CONTRACT, var::COUNT];
+    let needed = [var::QUESTION, var::ANSWERS];
     Ok(RemomRecipe {
         pool,
         breadth_schedule,
@@ -691,21 +770,21 @@ fn parse_fusion(obj: &Object<'_>, aliases: &HashMap<&str, ModelId>) -> ConfigRes
         prompts.as_ref(),
         "judge",
         template::defaults::JUDGE,
-        &[Var::Question, Var::Answers, Var::Count],
-        &[Var::Question, Var::Answers],
+        &[var::QUESTION, var::ANSWERS, var::COUNT],
+        &[var::QUESTION, var::ANSWERS],
     )?;
     let finalizer_prompt = parse_prompt(
         prompts.as_ref(),
         "finalizer",
         template::defaults::FINALIZER,
         &[
-            Var::Question,
-            Var::Answers,
-            Var::Analysis,
-            Var::Contract,
-            Var::Count,
+            var::QUESTION,
+            var::ANSWERS,
+            var::ANALYSIS,
+            var::CONTRACT,
+            var::COUNT,
         ],
-        &[Var::Question],
+        &[var::QUESTION],
     )?;
     Ok(FusionRecipe {
         panel,
@@ -717,6 +796,232 @@ fn parse_fusion(obj: &Object<'_>, aliases: &HashMap<&str, ModelId>) -> ConfigRes
         judge_prompt,
         finalizer_prompt,
     })
+}
+
+/// Bounds of workflow plans.
+pub mod workflow_bounds {
+    pub const MAX_STEPS: u64 = 16;
+    pub const MAX_INSTRUCTION_BYTES: u64 = 8192;
+    pub const DEFAULT_MAX_STEPS: u64 = 4;
+    pub const DEFAULT_MAX_INSTRUCTION_BYTES: u64 = 2000;
+}
+
+fn valid_step_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn parse_workflows(
+    obj: &Object<'_>,
+    aliases: &HashMap<&str, ModelId>,
+) -> ConfigResult<WorkflowsRecipe> {
+    use workflow_vars as wv;
+    let workers_field = obj.required("workers")?;
+    let workers_obj = workers_field.object()?;
+    if workers_obj.is_empty() || workers_obj.len() > bounds::MAX_MODELS_PER_RECIPE {
+        return Err(workers_field.error(format!(
+            "must name 1 to {} workers",
+            bounds::MAX_MODELS_PER_RECIPE
+        )));
+    }
+    let mut workers = Vec::new();
+    for (name, field) in workers_obj.entries() {
+        if !valid_step_id(name) {
+            return Err(field.error("worker names are 1-32 characters of [A-Za-z0-9_-]"));
+        }
+        let w = field.object()?;
+        w.deny_unknown(&["model", "description"])?;
+        workers.push(Worker {
+            name: name.to_string(),
+            model: parse_model(&w.required("model")?, aliases)?,
+            description: w
+                .opt_string("description")?
+                .unwrap_or("a general assistant")
+                .to_string(),
+        });
+    }
+    let planner = obj
+        .field("planner")
+        .map(|f| parse_model(&f, aliases))
+        .transpose()?;
+    let max_steps = obj
+        .opt_integer("max_steps", 1, workflow_bounds::MAX_STEPS)?
+        .unwrap_or(workflow_bounds::DEFAULT_MAX_STEPS) as usize;
+    let max_instruction_bytes =
+        obj.opt_integer(
+            "max_instruction_bytes",
+            16,
+            workflow_bounds::MAX_INSTRUCTION_BYTES,
+        )?
+        .unwrap_or(workflow_bounds::DEFAULT_MAX_INSTRUCTION_BYTES) as usize;
+
+    let prompts = obj.field("prompts").map(|f| f.object()).transpose()?;
+    if let Some(p) = &prompts {
+        p.deny_unknown(&["planner", "worker", "finalizer", "repair"])?;
+    }
+    let planner_prompt = parse_prompt(
+        prompts.as_ref(),
+        "planner",
+        template::defaults::PLANNER,
+        &[
+            var::QUESTION,
+            wv::WORKERS,
+            wv::MAX_STEPS,
+            wv::MAX_INSTRUCTION,
+        ],
+        &[var::QUESTION, wv::WORKERS],
+    )?;
+    let step_vars = [var::QUESTION, wv::INSTRUCTION, wv::INPUTS, var::CONTRACT];
+    let worker_prompt = parse_prompt(
+        prompts.as_ref(),
+        "worker",
+        template::defaults::WORKER,
+        &step_vars,
+        &[var::QUESTION, wv::INSTRUCTION],
+    )?;
+    let finalizer_prompt = parse_prompt(
+        prompts.as_ref(),
+        "finalizer",
+        template::defaults::FINALIZE,
+        &[var::QUESTION, wv::OUTPUTS, var::CONTRACT],
+        &[var::QUESTION, wv::OUTPUTS],
+    )?;
+    let repair_prompt = parse_prompt(
+        prompts.as_ref(),
+        "repair",
+        template::defaults::REPAIR,
+        &[var::QUESTION, wv::ANSWER, wv::PROBLEM, var::CONTRACT],
+        &[wv::ANSWER],
+    )?;
+
+    let steps_field = obj.required("steps")?;
+    let items = steps_field.elements()?;
+    if items.is_empty() || items.len() > workflow_bounds::MAX_STEPS as usize {
+        return Err(steps_field.error(format!(
+            "must list 1 to {} steps",
+            workflow_bounds::MAX_STEPS
+        )));
+    }
+    if planner.is_some() && items.len() > max_steps {
+        return Err(steps_field.error(format!(
+            "the fallback plan has {} steps but max_steps is {max_steps}",
+            items.len()
+        )));
+    }
+    let mut steps: Vec<Step> = Vec::with_capacity(items.len());
+    for item in &items {
+        let s = item.object()?;
+        s.deny_unknown(&[
+            "id",
+            "worker",
+            "instruction",
+            "after",
+            "prompt",
+            "on_failure",
+            "timeout_ms",
+        ])?;
+        let id_field = s.required("id")?;
+        let id = id_field.string()?;
+        if !valid_step_id(id) {
+            return Err(id_field.error("step ids are 1-32 characters of [A-Za-z0-9_-]"));
+        }
+        if steps.iter().any(|x| x.id == id) {
+            return Err(id_field.error(format!("step `{id}` is defined twice")));
+        }
+        let worker_field = s.required("worker")?;
+        let worker_name = worker_field.string()?;
+        let worker = workers
+            .iter()
+            .position(|w| w.name == worker_name)
+            .ok_or_else(|| worker_field.error(format!("unknown worker `{worker_name}`")))?;
+        let instruction = match s.field("instruction") {
+            Some(f) => {
+                let text = f.string()?;
+                if text.len() > max_instruction_bytes {
+                    return Err(f.error(format!("must be at most {max_instruction_bytes} bytes")));
+                }
+                text.to_string()
+            }
+            None => String::new(),
+        };
+        let mut after = Vec::new();
+        if let Some(list) = s.field("after") {
+            for dep in list.elements()? {
+                let name = dep.string()?;
+                // Dependencies name earlier steps, so the static plan is acyclic by construction.
+                let index = steps
+                    .iter()
+                    .position(|x| x.id == name)
+                    .ok_or_else(|| dep.error(format!("`{name}` is not an earlier step")))?;
+                if !after.contains(&index) {
+                    after.push(index);
+                }
+            }
+        }
+        let prompt = match s.field("prompt") {
+            Some(f) => {
+                let ancestors = ancestors(&steps, &after);
+                let allowed = |name: &str| {
+                    step_vars.contains(&name)
+                        || name
+                            .strip_prefix(wv::OUTPUT_PREFIX)
+                            .is_some_and(|dep| ancestors.iter().any(|a| a == dep))
+                };
+                let available = "{question}, {instruction}, {inputs}, {contract}, and {output:STEP} for a step it depends on";
+                Some(
+                    Template::parse_with(f.string()?, &allowed, available, &[var::QUESTION])
+                        .map_err(|e| f.error(e))?,
+                )
+            }
+            None => None,
+        };
+        steps.push(Step {
+            id: id.to_string(),
+            worker,
+            instruction,
+            after,
+            prompt,
+            on_failure: s
+                .field("on_failure")
+                .map(|f| parse_failure_policy(&f, aliases))
+                .transpose()?,
+            timeout_ms: s.opt_integer("timeout_ms", 1, bounds::MAX_TIMEOUT_MS)?,
+        });
+    }
+    Ok(WorkflowsRecipe {
+        workers,
+        steps,
+        planner,
+        finalizer: parse_model(&obj.required("finalizer")?, aliases)?,
+        max_steps: max_steps.max(if planner.is_some() { 1 } else { items.len() }),
+        max_instruction_bytes,
+        replan: obj.opt_bool("replan")?.unwrap_or(true),
+        planner_prompt,
+        worker_prompt,
+        finalizer_prompt,
+        repair_prompt,
+    })
+}
+
+/// Ids of every step `after` depends on, directly or not.
+fn ancestors(steps: &[Step], after: &[usize]) -> Vec<String> {
+    let mut seen: Vec<usize> = Vec::new();
+    let mut stack: Vec<usize> = after.to_vec();
+    while let Some(i) = stack.pop() {
+        if seen.contains(&i) {
+            continue;
+        }
+        seen.push(i);
+        if let Some(s) = steps.get(i) {
+            stack.extend(s.after.iter().copied());
+        }
+    }
+    seen.iter()
+        .filter_map(|i| steps.get(*i).map(|s| s.id.clone()))
+        .collect()
 }
 
 fn parse_contract(field: &Node<'_>) -> ConfigResult<Contract> {

@@ -170,7 +170,7 @@ fn errors_name_the_field() {
         ),
         (
             Box::new(|v| v["recipes"]["r"]["algorithm"] = json!("workflows")),
-            "recipes.r.algorithm",
+            "recipes.r.models",
         ),
         (
             Box::new(|v| v["recipes"]["r"]["models"] = json!([])),
@@ -427,11 +427,126 @@ fn recipe_errors_name_the_field() {
         ),
         (
             json!({"algorithm": "workflows", "models": ["a"]}),
-            "recipes.r.algorithm",
+            "recipes.r.models",
         ),
     ];
     for (recipe, path) in cases {
         let v = with_recipe(recipe.clone());
         assert_eq!(error_path(&v), path, "{recipe}");
+    }
+}
+
+fn workflows(extra: Value) -> Value {
+    let mut r = json!({"algorithm": "workflows",
+        "workers": {"coder": {"model": "a", "description": "writes code"}, "tester": {"model": "b"}},
+        "steps": [{"id": "s1", "worker": "coder", "instruction": "write"},
+                  {"id": "s2", "worker": "tester", "instruction": "test", "after": ["s1"],
+                   "prompt": "{question} {output:s1}"}],
+        "finalizer": "b"});
+    if let (Value::Object(base), Value::Object(extra)) = (&mut r, extra) {
+        base.extend(extra);
+    }
+    r
+}
+
+#[test]
+fn workflows_recipe_defaults() {
+    let c = parse(&with_recipe(workflows(json!({})))).unwrap();
+    let recipe = &c.recipes[0];
+    let crate::config::Algorithm::Workflows(w) = &recipe.algorithm else {
+        panic!("not workflows");
+    };
+    assert_eq!(w.workers.len(), 2);
+    assert_eq!(w.workers[1].description, "a general assistant");
+    assert_eq!(w.steps[1].after, vec![0]);
+    assert!(w.planner.is_none());
+    assert_eq!(w.max_steps, 4);
+    assert!(w.replan);
+    // Two steps, a finalizer and a repair.
+    assert_eq!(recipe.budget.max_calls, 6);
+    assert_eq!(recipe.budget.max_concurrent, 2);
+    let c = parse(&with_recipe(workflows(
+        json!({"planner": "a", "max_parallel": 3}),
+    )))
+    .unwrap();
+    assert_eq!(c.recipes[0].budget.max_calls, 8, "planner and re-plan too");
+    assert_eq!(c.recipes[0].budget.max_concurrent, 3);
+}
+
+#[test]
+fn workflows_errors_name_the_field() {
+    let cases = [
+        (json!({"workers": {}}), "recipes.r.workers"),
+        (
+            json!({"workers": {"bad name": {"model": "a"}}}),
+            "recipes.r.workers.bad name",
+        ),
+        (
+            json!({"workers": {"w": {"model": "zz"}}}),
+            "recipes.r.workers.w.model",
+        ),
+        (
+            json!({"workers": {"w": {"model": "a", "role": "x"}}}),
+            "recipes.r.workers.w.role",
+        ),
+        (json!({"steps": []}), "recipes.r.steps"),
+        (
+            json!({"steps": [{"id": "s1", "worker": "nobody"}]}),
+            "recipes.r.steps[0].worker",
+        ),
+        (
+            json!({"steps": [{"id": "s1", "worker": "coder"}, {"id": "s1", "worker": "coder"}]}),
+            "recipes.r.steps[1].id",
+        ),
+        (
+            json!({"steps": [{"id": "s1", "worker": "coder", "after": ["s2"]},
+                              {"id": "s2", "worker": "coder"}]}),
+            "recipes.r.steps[0].after[0]",
+        ),
+        (
+            json!({"steps": [{"id": "s1", "worker": "coder"},
+                              {"id": "s2", "worker": "coder", "prompt": "{question} {output:s3}"}]}),
+            "recipes.r.steps[1].prompt",
+        ),
+        (
+            json!({"steps": [{"id": "s1", "worker": "coder", "prompt": "no question"}]}),
+            "recipes.r.steps[0].prompt",
+        ),
+        (
+            json!({"steps": [{"id": "s1", "worker": "coder", "instruction": "x".repeat(5000)}],
+                   "max_instruction_bytes": 100}),
+            "recipes.r.steps[0].instruction",
+        ),
+        (
+            json!({"steps": [{"id": "s1", "worker": "coder", "on_failure": {"policy": "retry"}}]}),
+            "recipes.r.steps[0].on_failure.policy",
+        ),
+        (
+            json!({"steps": [{"id": "s1", "worker": "coder", "timeout_ms": 0}]}),
+            "recipes.r.steps[0].timeout_ms",
+        ),
+        (json!({"max_steps": 0}), "recipes.r.max_steps"),
+        (json!({"max_steps": 17}), "recipes.r.max_steps"),
+        (json!({"planner": "a", "max_steps": 1}), "recipes.r.steps"),
+        (json!({"planner": "nope"}), "recipes.r.planner"),
+        (json!({"finalizer": null}), "recipes.r.finalizer"),
+        (json!({"max_parallel": 0}), "recipes.r.max_parallel"),
+        (json!({"replan": "yes"}), "recipes.r.replan"),
+        (
+            json!({"prompts": {"planner": "{question}"}}),
+            "recipes.r.prompts.planner",
+        ),
+        (
+            json!({"prompts": {"worker": "{question} {answers}"}}),
+            "recipes.r.prompts.worker",
+        ),
+        (
+            json!({"prompts": {"judge": "{question}"}}),
+            "recipes.r.prompts.judge",
+        ),
+    ];
+    for (extra, path) in cases {
+        let v = with_recipe(workflows(extra.clone()));
+        assert_eq!(error_path(&v), path, "{extra}");
     }
 }

@@ -10,7 +10,7 @@ use super::{Algorithm, Answer, CallDone, CallId, CallOutcome, CallPlan, Runtime}
 use crate::config::FusionRecipe;
 use crate::contract::Contract;
 use crate::prompt;
-use crate::template::Var;
+use crate::template::var;
 use serde_json::{json, Value};
 
 pub struct Fusion {
@@ -69,7 +69,7 @@ impl Fusion {
             evidence::finish_with_vote(rt, evidence, "no panel answer in the contract");
             return;
         }
-        let wants_analysis = self.recipe.finalizer_prompt.uses(Var::Analysis);
+        let wants_analysis = self.recipe.finalizer_prompt.uses(var::ANALYSIS);
         match self.recipe.judge {
             Some(judge) if wants_analysis => {
                 let usable = self.usable(rt);

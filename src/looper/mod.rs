@@ -9,10 +9,12 @@ pub mod call;
 mod confidence;
 mod evidence;
 mod fusion;
+mod plan;
 mod ratings;
 mod remom;
 pub mod runtime;
 mod single;
+mod workflows;
 
 pub use call::{CallId, CallOutcome, CallResult, FailureKind};
 pub use runtime::{
@@ -76,6 +78,7 @@ impl Looper {
             AlgorithmConfig::Ratings(r) => Box::new(ratings::Ratings::new(r.clone())),
             AlgorithmConfig::Remom(r) => Box::new(remom::Remom::new(r.clone())),
             AlgorithmConfig::Fusion(f) => Box::new(fusion::Fusion::new(f.clone())),
+            AlgorithmConfig::Workflows(w) => Box::new(workflows::Workflows::new(w.clone())),
         };
         Looper::with_algorithm(config, recipe, request, now, nonce, algorithm)
     }

@@ -99,6 +99,10 @@ pub struct CallPlan {
     /// A deadline of its own (a round's), earlier than the request's: the call's timeout
     /// never reaches past it.
     pub deadline: Option<Millis>,
+    /// A timeout of its own (a workflow step's), counted from the call's start.
+    pub timeout_ms: Option<u64>,
+    /// A failure policy of its own (a workflow step's) instead of the recipe's.
+    pub on_failure: Option<FailurePolicy>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -139,6 +143,8 @@ impl CallPlan {
             messages: Messages::Client,
             set: Vec::new(),
             deadline: None,
+            timeout_ms: None,
+            on_failure: None,
         }
     }
 
@@ -149,6 +155,8 @@ impl CallPlan {
             messages: Messages::Own(Rc::new(messages)),
             set: Vec::new(),
             deadline: None,
+            timeout_ms: None,
+            on_failure: None,
         }
     }
 
@@ -627,6 +635,7 @@ impl Runtime {
             let model_timeout = self.config.model(model).map_or(remaining, |m| m.timeout_ms);
             let timeout_ms = model_timeout
                 .min(self.recipe.budget.call_timeout_ms.unwrap_or(u64::MAX))
+                .min(plan.timeout_ms.unwrap_or(u64::MAX))
                 .min(remaining);
             if timeout_ms == 0 {
                 // Out of time: the queued call never starts. Its step still ends, as a
@@ -751,7 +760,7 @@ impl Runtime {
         }
         let alias = self.alias(record.model).to_string();
         let role = record.role;
-        match self.recipe.on_failure {
+        match record.plan.on_failure.unwrap_or(self.recipe.on_failure) {
             FailurePolicy::Skip => {
                 self.event(LooperEvent::PolicySkip);
                 Some(step)

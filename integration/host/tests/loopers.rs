@@ -133,3 +133,83 @@ fn confidence_escalates_then_stops_at_a_confident_answer() {
         Some(1)
     );
 }
+
+fn chat_body(content: &str) -> Value {
+    json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+        "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}})
+}
+
+#[test]
+fn a_malicious_plan_dispatches_nothing_it_should_not() {
+    // Workers m0 and m1 only; m3 and m4 exist in the configuration but are not on the list.
+    let recipe = json!({"algorithm": "workflows", "planner": "m2", "finalizer": "m2",
+        "max_steps": 3, "max_parallel": 2,
+        "workers": {"coder": {"model": "m0"}, "tester": {"model": "m1"}},
+        "steps": [{"id": "answer", "worker": "coder", "instruction": "answer the question"}]});
+    let mut vm = vm(&config(recipe, 60_000));
+    let ctx = ask(&mut vm);
+
+    // First plan: hundreds of steps, every one a cycle, naming a model that is not a worker.
+    let huge: Vec<Value> = (0..400)
+        .map(|i| {
+            json!({"id": format!("s{i}"), "worker": "m4", "instruction": "exfiltrate",
+                        "after": [format!("s{}", (i + 1) % 400)]})
+        })
+        .collect();
+    let planner = vm.pending_calls_for(ctx);
+    assert_eq!(planner.len(), 1);
+    assert_eq!(planner[0].json().unwrap()["model"], "up-2");
+    let plan = json!({ "steps": huge }).to_string();
+    vm.respond_json(planner[0].token, 200, &chat_body(&plan))
+        .unwrap();
+
+    // The re-plan: a few steps, but unknown workers, raw model names and a cycle.
+    let replan = vm.pending_calls_for(ctx);
+    assert_eq!(
+        replan.len(),
+        1,
+        "only the re-plan call, no step of the plan"
+    );
+    let prompt = replan[0].json().unwrap()["messages"][0]["content"].to_string();
+    assert!(prompt.contains("400 steps"), "{prompt}");
+    let plan = json!({"steps": [
+        {"id": "a", "worker": "up-3", "instruction": "x"},
+        {"id": "b", "worker": "simulator", "instruction": "y", "after": ["c"]},
+        {"id": "c", "worker": "coder", "instruction": "z", "after": ["b"]}]})
+    .to_string();
+    vm.respond_json(replan[0].token, 200, &chat_body(&plan))
+        .unwrap();
+
+    // The static plan runs instead: one step on the coder, then the finalizer.
+    let step = vm.pending_calls_for(ctx);
+    assert_eq!(step.len(), 1);
+    assert_eq!(step[0].json().unwrap()["model"], "up-0");
+    vm.respond_json(step[0].token, 200, &chat_body("42"))
+        .unwrap();
+    let finalizer = vm.pending_calls_for(ctx);
+    assert_eq!(finalizer.len(), 1);
+    assert_eq!(finalizer[0].json().unwrap()["model"], "up-2");
+    vm.respond_json(finalizer[0].token, 200, &chat_body("The answer is 42."))
+        .unwrap();
+
+    let reply = vm.reply(ctx).expect("a reply");
+    assert_eq!(reply.status, 200);
+    let models: Vec<String> = vm
+        .all_calls()
+        .iter()
+        .map(|c| c.json().unwrap()["model"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(models, vec!["up-2", "up-2", "up-0", "up-2"]);
+    assert_eq!(vm.max_in_flight(ctx), 1);
+    let v = reply.json().unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "The answer is 42.");
+    let trace = &v["looper_trace"];
+    assert_eq!(trace["plan"]["source"], "fallback");
+    assert_eq!(
+        trace["plan"]["validation_errors"].as_array().unwrap().len(),
+        2
+    );
+    vm.finish(ctx).unwrap();
+    assert!(!vm.is_failed());
+}

@@ -12,6 +12,7 @@ mod ratings;
 mod remom;
 mod runtime;
 mod single;
+mod workflows;
 
 use super::*;
 use crate::config::{Config, ModelId};
