@@ -121,3 +121,18 @@ def test_the_openai_client_gets_a_workflow_answer(stack):
     assert reply.choices[0].message.content
     assert reply.choices[0].finish_reason == "stop"
     assert reply.usage.total_tokens > 0
+
+
+def test_a_failed_finalizer_returns_the_last_step_result(stack):
+    before = total_tokens(stack.sim_stats())
+    status, _, body = ask(stack, "looper/workflows-swe", "[sim:mc=C] [sim:fault@sim-large=500]")
+    assert status == 200, body
+    reply = json.loads(body)
+    trace = reply["looper_trace"]
+    assert "finalizer failed" in trace["stop_reason"]
+    assert trace["final_check"]["passed"] is False
+    verify_call = trace["step_states"][2]["call"]
+    assert reply["choices"][0]["message"]["content"]
+    verify = [s for s in trace["steps"] if s["call"] == verify_call]
+    assert verify[0]["state"] == "done" and verify[0]["model"] == "sim-medium"
+    assert total_tokens(stack.sim_stats()) - before == reply["usage"]["total_tokens"]

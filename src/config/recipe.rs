@@ -237,7 +237,9 @@ pub struct WorkflowsRecipe {
     pub planner: Option<ModelId>,
     pub finalizer: ModelId,
     pub max_steps: usize,
-    pub max_instruction_bytes: usize,
+    pub max_instruction_chars: usize,
+    /// Timeout of each planner call; a quarter of the deadline when unset.
+    pub planner_timeout_ms: Option<u64>,
     /// One re-plan call, with the validation errors, before the static plan.
     pub replan: bool,
     pub planner_prompt: Template,
@@ -433,7 +435,8 @@ fn parse_recipe(
                 "finalizer",
                 "max_steps",
                 "max_parallel",
-                "max_instruction_bytes",
+                "max_instruction_chars",
+                "planner_timeout_ms",
                 "replan",
                 "prompts",
             ]))?;
@@ -454,6 +457,9 @@ fn parse_recipe(
     let max_calls = obj
         .opt_integer("max_calls", 1, bounds::MAX_CALLS)?
         .unwrap_or(default_calls.clamp(1, bounds::MAX_CALLS));
+    if let (Some(_), Some(f)) = (obj.field("max_concurrent"), obj.field("max_parallel")) {
+        return Err(f.error("give `max_parallel` or `max_concurrent`, not both"));
+    }
     let parallel_field = obj.field("max_concurrent").or_else(|| match algorithm {
         Algorithm::Workflows(_) => obj.field("max_parallel"),
         _ => None,
@@ -801,9 +807,9 @@ fn parse_fusion(obj: &Object<'_>, aliases: &HashMap<&str, ModelId>) -> ConfigRes
 /// Bounds of workflow plans.
 pub mod workflow_bounds {
     pub const MAX_STEPS: u64 = 16;
-    pub const MAX_INSTRUCTION_BYTES: u64 = 8192;
+    pub const MAX_INSTRUCTION_CHARS: u64 = 8192;
     pub const DEFAULT_MAX_STEPS: u64 = 4;
-    pub const DEFAULT_MAX_INSTRUCTION_BYTES: u64 = 2000;
+    pub const DEFAULT_MAX_INSTRUCTION_CHARS: u64 = 2000;
 }
 
 fn valid_step_id(id: &str) -> bool {
@@ -850,13 +856,13 @@ fn parse_workflows(
     let max_steps = obj
         .opt_integer("max_steps", 1, workflow_bounds::MAX_STEPS)?
         .unwrap_or(workflow_bounds::DEFAULT_MAX_STEPS) as usize;
-    let max_instruction_bytes =
+    let max_instruction_chars =
         obj.opt_integer(
-            "max_instruction_bytes",
+            "max_instruction_chars",
             16,
-            workflow_bounds::MAX_INSTRUCTION_BYTES,
+            workflow_bounds::MAX_INSTRUCTION_CHARS,
         )?
-        .unwrap_or(workflow_bounds::DEFAULT_MAX_INSTRUCTION_BYTES) as usize;
+        .unwrap_or(workflow_bounds::DEFAULT_MAX_INSTRUCTION_CHARS) as usize;
 
     let prompts = obj.field("prompts").map(|f| f.object()).transpose()?;
     if let Some(p) = &prompts {
@@ -940,8 +946,10 @@ fn parse_workflows(
         let instruction = match s.field("instruction") {
             Some(f) => {
                 let text = f.string()?;
-                if text.len() > max_instruction_bytes {
-                    return Err(f.error(format!("must be at most {max_instruction_bytes} bytes")));
+                if text.chars().count() > max_instruction_chars {
+                    return Err(f.error(format!(
+                        "must be at most {max_instruction_chars} characters"
+                    )));
                 }
                 text.to_string()
             }
@@ -997,7 +1005,8 @@ fn parse_workflows(
         planner,
         finalizer: parse_model(&obj.required("finalizer")?, aliases)?,
         max_steps: max_steps.max(if planner.is_some() { 1 } else { items.len() }),
-        max_instruction_bytes,
+        max_instruction_chars,
+        planner_timeout_ms: obj.opt_integer("planner_timeout_ms", 1, bounds::MAX_TIMEOUT_MS)?,
         replan: obj.opt_bool("replan")?.unwrap_or(true),
         planner_prompt,
         worker_prompt,

@@ -514,7 +514,7 @@ fn workflows_errors_name_the_field() {
         ),
         (
             json!({"steps": [{"id": "s1", "worker": "coder", "instruction": "x".repeat(5000)}],
-                   "max_instruction_bytes": 100}),
+                   "max_instruction_chars": 100}),
             "recipes.r.steps[0].instruction",
         ),
         (
@@ -531,6 +531,14 @@ fn workflows_errors_name_the_field() {
         (json!({"planner": "nope"}), "recipes.r.planner"),
         (json!({"finalizer": null}), "recipes.r.finalizer"),
         (json!({"max_parallel": 0}), "recipes.r.max_parallel"),
+        (
+            json!({"max_parallel": 2, "max_concurrent": 2}),
+            "recipes.r.max_parallel",
+        ),
+        (
+            json!({"planner": "a", "planner_timeout_ms": 0}),
+            "recipes.r.planner_timeout_ms",
+        ),
         (json!({"replan": "yes"}), "recipes.r.replan"),
         (
             json!({"prompts": {"planner": "{question}"}}),

@@ -7,7 +7,8 @@
 
 use super::evidence::{self, Evidence};
 use super::{plan, Algorithm, Answer, CallDone, CallId, CallOutcome, CallPlan, Runtime};
-use crate::config::{workflow_vars as wv, PoolMember, Step, WorkflowsRecipe};
+use crate::config::{workflow_vars as wv, FailurePolicy, PoolMember, Step, WorkflowsRecipe};
+use crate::contract::Contract;
 use crate::openai::UpstreamCompletion;
 use crate::prompt;
 use crate::template::{self, var};
@@ -77,7 +78,7 @@ impl Workflows {
             .join("\n");
         let question = template::question_parts(&Self::client_messages(rt), rt.nonce());
         let max_steps = self.recipe.max_steps.to_string();
-        let max_instruction = self.recipe.max_instruction_bytes.to_string();
+        let max_instruction = self.recipe.max_instruction_chars.to_string();
         let mut content = self
             .recipe
             .planner_prompt
@@ -99,7 +100,15 @@ impl Workflows {
             content = append_text(content, &addendum);
         }
         let messages = json!([{"role": "user", "content": content}]);
-        match rt.dispatch(planner, CallPlan::own("planner", messages)) {
+        let mut plan = own_call("planner", messages);
+        // A hung planner must leave time for the static plan.
+        plan.timeout_ms = Some(
+            self.recipe
+                .planner_timeout_ms
+                .unwrap_or(rt.deadline_ms() / 4)
+                .max(1),
+        );
+        match rt.dispatch(planner, plan) {
             Ok(call) => self.planner_call = Some(call),
             Err(stop) => {
                 rt.note(format!("planner not asked: {}", stop.describe()));
@@ -181,23 +190,20 @@ impl Workflows {
                 break;
             }
             for i in ready {
-                let plan = self.step_plan(rt, i);
-                let Some(model) = self
+                let model = self
                     .steps
                     .get(i)
                     .and_then(|s| self.recipe.workers.get(s.worker))
-                    .map(|w| w.model)
-                else {
-                    continue;
-                };
-                let state = match rt.dispatch(model, plan) {
-                    Ok(call) => {
-                        if let Some(slot) = self.step_calls.get_mut(i) {
-                            *slot = Some(call);
-                        }
-                        StepState::Running(call)
+                    .map(|w| w.model);
+                let calls_left =
+                    (rt.recipe().budget.max_calls as usize).saturating_sub(rt.calls().len());
+                let state = match model {
+                    // Validation makes this unreachable; a step must still never stay waiting.
+                    None => StepState::Failed("unknown worker".to_string()),
+                    Some(_) if calls_left <= 1 => {
+                        StepState::Failed("the last call is kept for the finalizer".to_string())
                     }
-                    Err(stop) => StepState::Failed(stop.describe().to_string()),
+                    Some(model) => self.start_step(rt, i, model),
                 };
                 if let Some(slot) = self.states.get_mut(i) {
                     *slot = state;
@@ -208,6 +214,24 @@ impl Workflows {
         let all_ended = (0..self.steps.len()).all(|i| self.finished_step(i));
         if all_ended && self.finalizer_call.is_none() && !rt.is_finished() {
             self.finalize(rt);
+        }
+    }
+
+    fn start_step(
+        &mut self,
+        rt: &mut Runtime,
+        i: usize,
+        model: crate::config::ModelId,
+    ) -> StepState {
+        let plan = self.step_plan(rt, i);
+        match rt.dispatch(model, plan) {
+            Ok(call) => {
+                if let Some(slot) = self.step_calls.get_mut(i) {
+                    *slot = Some(call);
+                }
+                StepState::Running(call)
+            }
+            Err(stop) => StepState::Failed(stop.describe().to_string()),
         }
     }
 
@@ -244,8 +268,14 @@ impl Workflows {
         };
         let contract = rt.recipe().contract.instruction().unwrap_or_default();
         let template = step.prompt.as_ref().unwrap_or(&self.recipe.worker_prompt);
+        // A planner's instruction is model output the client's question may have steered.
+        let instruction = if self.source == "planner" || self.source == "replan" {
+            prompt::fence("instruction", &nonce, &step.instruction)
+        } else {
+            step.instruction.clone()
+        };
         let content = template.render_with(&question, &|name| match name {
-            wv::INSTRUCTION => step.instruction.clone(),
+            wv::INSTRUCTION => instruction.clone(),
             wv::INPUTS => inputs.clone(),
             var::CONTRACT => contract.clone(),
             other => other
@@ -322,11 +352,15 @@ impl Workflows {
                 var::CONTRACT => contract.clone(),
                 _ => String::new(),
             });
-        let plan = CallPlan::own("finalizer", json!([{"role": "user", "content": content}]));
+        let plan = own_call("finalizer", json!([{"role": "user", "content": content}]));
         match rt.dispatch(self.recipe.finalizer, plan) {
             Ok(call) => self.finalizer_call = Some(call),
             Err(stop) => {
                 let why = format!("finalizer not asked: {}", stop.describe());
+                rt.detail(
+                    "final_check",
+                    json!({"passed": false, "problem": why, "repaired": false}),
+                );
                 self.fallback(rt, &why);
             }
         }
@@ -403,11 +437,15 @@ impl Workflows {
                 _ => String::new(),
             });
         self.first_final = Some(first);
-        let plan = CallPlan::own("finalizer", json!([{"role": "user", "content": content}]));
+        let plan = own_call("finalizer", json!([{"role": "user", "content": content}]));
         match rt.dispatch(self.recipe.finalizer, plan) {
             Ok(call) => self.repair_call = Some(call),
             Err(stop) => {
                 let why = format!("repair not asked: {}", stop.describe());
+                rt.detail(
+                    "final_check",
+                    json!({"passed": false, "problem": why, "repaired": true}),
+                );
                 self.fallback(rt, &why);
             }
         }
@@ -433,12 +471,23 @@ impl Workflows {
                 _ => None,
             })
             .collect();
+        let free_text = rt.recipe().contract == Contract::Text;
         let evidence: Vec<Evidence> = pieces
             .into_iter()
             .map(|(member, c)| Evidence::new(rt, &member, c, 0))
+            // Under a contract, only a step output that satisfies it may become the answer.
+            .filter(|e| free_text || e.answer.is_some())
             .collect();
         evidence::finish_with_vote(rt, evidence, why);
     }
+}
+
+/// A call of the workflow's own (planner, finalizer, repair). Its failure is the workflow's to
+/// handle (static plan, vote), whatever the recipe's policy says about steps.
+fn own_call(role: &'static str, messages: Value) -> CallPlan {
+    let mut plan = CallPlan::own(role, messages);
+    plan.on_failure = Some(FailurePolicy::Skip);
+    plan
 }
 
 /// Appends text to a message content (a string, or the last text part).
@@ -486,6 +535,16 @@ impl Algorithm for Workflows {
     }
 
     fn on_deadline(&mut self, rt: &mut Runtime) {
-        self.fallback(rt, "request deadline reached");
+        let any_done = self.states.iter().any(|s| matches!(s, StepState::Done(..)));
+        if any_done {
+            self.fallback(rt, "request deadline reached");
+        } else {
+            self.record_steps(rt);
+            let deadline_ms = rt.deadline_ms();
+            rt.finish(
+                Err(crate::openai::ApiError::deadline_exceeded(deadline_ms)),
+                "request deadline reached before any step ended",
+            );
+        }
     }
 }
