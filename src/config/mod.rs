@@ -8,6 +8,7 @@ mod recipe;
 
 pub use reader::ConfigError;
 use reader::{ConfigResult, Node, Object};
+pub(crate) use recipe::valid_step_id;
 pub use recipe::{
     workflow_vars, Algorithm, Budget, Candidate, ConfidenceMethod, ConfidenceRecipe, Distribution,
     FailurePolicy, FusionRecipe, Member, PoolMember, RatingsRecipe, Recipe, RemomRecipe,

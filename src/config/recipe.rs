@@ -812,7 +812,8 @@ pub mod workflow_bounds {
     pub const DEFAULT_MAX_INSTRUCTION_CHARS: u64 = 2000;
 }
 
-fn valid_step_id(id: &str) -> bool {
+/// Step ids and worker names: 1-32 characters of `[A-Za-z0-9_-]`.
+pub(crate) fn valid_step_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 32
         && id

@@ -2,7 +2,7 @@
 //! allow-listed workers, at most `max_steps` steps, bounded instructions, dependencies that
 //! exist and form no cycle. Every problem is reported, so a re-plan can fix them all at once.
 
-use crate::config::{Step, WorkflowsRecipe};
+use crate::config::{valid_step_id, Step, WorkflowsRecipe};
 use serde_json::Value;
 
 /// Problems listed in a re-plan request, at most.
@@ -33,14 +33,6 @@ fn quoted(name: &str) -> String {
     format!("{:?}", crate::openai::error::truncate(name, 64))
 }
 
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
 /// The plan in `text` as steps the recipe allows, or every reason it is not one.
 pub fn validate(text: &str, recipe: &WorkflowsRecipe) -> Result<Vec<Step>, Vec<String>> {
     let mut errors: Vec<String> = Vec::new();
@@ -64,7 +56,7 @@ pub fn validate(text: &str, recipe: &WorkflowsRecipe) -> Result<Vec<Step>, Vec<S
     let mut ids: Vec<String> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let id = item.get("id").and_then(Value::as_str).unwrap_or("");
-        if !valid_id(id) {
+        if !valid_step_id(id) {
             errors.push(format!(
                 "step {}: \"id\" must be 1-32 characters of letters, digits, _ or -",
                 i + 1

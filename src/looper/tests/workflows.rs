@@ -100,6 +100,17 @@ fn tasks(h: &Harness) -> Vec<String> {
         .collect()
 }
 
+/// Works like `echo`, but its finalizer calls are reset.
+fn finalizer_down() -> Script {
+    std::rc::Rc::new(|body: &Value| {
+        if is_finalizer(body) {
+            Reply::After(3, CallResult::Reset)
+        } else {
+            Reply::After(5, ok(&format!("did {}", task_of(body))))
+        }
+    })
+}
+
 fn echo(latency: u64) -> Script {
     std::rc::Rc::new(move |body: &Value| {
         if is_finalizer(body) {
@@ -506,16 +517,9 @@ fn a_failed_finalizer_falls_back_to_the_vote_over_the_steps() {
 
 #[test]
 fn a_failed_finalizer_on_free_text_returns_the_latest_step() {
-    let down: Script = std::rc::Rc::new(|body: &Value| {
-        if is_finalizer(body) {
-            Reply::After(3, CallResult::Reset)
-        } else {
-            Reply::After(5, ok(&format!("did {}", task_of(body))))
-        }
-    });
     let mut h = Harness::new(
         config(static_recipe(json!({})), &[1000, 1000, 1000]),
-        vec![echo(5), echo(5), down],
+        vec![echo(5), echo(5), finalizer_down()],
     );
     let result = h.run().unwrap();
     assert_eq!(content_of(&result), "did review the patch");
@@ -684,16 +688,9 @@ fn quoted_results_and_planner_instructions_cannot_escape_their_fences() {
 #[test]
 fn under_a_contract_the_fallback_never_returns_an_invalid_step_output() {
     // The finalizer fails and no step gave a letter: an error, not free text.
-    let down: Script = std::rc::Rc::new(|body: &Value| {
-        if is_finalizer(body) {
-            Reply::After(3, CallResult::Reset)
-        } else {
-            Reply::After(5, ok(&format!("did {}", task_of(body))))
-        }
-    });
     let mut h = Harness::new(
         config(choice(json!({})), &[1000, 1000, 1000]),
-        vec![echo(5), echo(5), down],
+        vec![echo(5), echo(5), finalizer_down()],
     );
     let error = h.run().unwrap_err();
     assert_eq!(error.status, 502);
