@@ -3,7 +3,7 @@
 //! and the usage and cost summed over every call. Algorithms ask it to dispatch and to finish;
 //! it refuses what the budget forbids and says so in the trace.
 
-use super::call::{CallId, CallOutcome};
+use super::call::{CallId, CallOutcome, FailureKind};
 use crate::config::{Config, FailurePolicy, ModelId, Recipe};
 use crate::openai::{ApiError, ChatRequest, Edit, UpstreamCompletion, Usage};
 use crate::prompt;
@@ -704,6 +704,21 @@ impl Runtime {
             _ => return None,
         };
         self.release(id);
+        // The host's timer for a call cut at the deadline fires by its own clock, which can run
+        // a few ms ahead of the time we were given: the deadline has come all the same.
+        if let (
+            CallOutcome::Failed {
+                kind: FailureKind::Timeout,
+                ..
+            },
+            Some(call),
+        ) = (outcome, self.call(id))
+        {
+            let cut_at = call.started_at.map(|s| s.plus(call.timeout_ms));
+            if cut_at.is_some_and(|t| t >= self.deadline) && self.now < self.deadline {
+                self.now = self.deadline;
+            }
+        }
         let now = self.now;
         let price = self
             .call(id)

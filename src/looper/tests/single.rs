@@ -243,3 +243,25 @@ fn every_upstream_rate_limited_is_429() {
     );
     assert_eq!(h.run().unwrap_err().status, 502);
 }
+
+#[test]
+fn a_call_cut_at_the_deadline_ends_with_the_deadline_even_if_the_clock_lags() {
+    let mut recipe = single(&["m0", "m1"]);
+    recipe["deadline_ms"] = json!(700);
+    let mut h = Harness::new(config(recipe, &[400, 400]), vec![hang(), hang()]);
+    assert!(h.step(), "the first call times out at 400 ms");
+    let (second, _, timeout, _) = h.dispatched[1].clone();
+    assert_eq!(timeout, 300, "the second call gets what is left");
+    // Envoy's timer fires at the deadline by its clock; ours reads 2 ms earlier.
+    h.take(second);
+    let timeout_result = CallResult::Response {
+        status: 504,
+        body: b"upstream request timeout".to_vec(),
+    };
+    h.looper
+        .on_call_result(second, timeout_result, T0.plus(698));
+    h.drain();
+    assert!(h.finished);
+    let error = h.looper.take_result().unwrap().unwrap_err();
+    assert_eq!(error.status, 504);
+}
