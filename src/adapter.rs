@@ -272,10 +272,16 @@ impl HttpContext for Filter {
         let method = header(MapType::HttpRequestHeaders, ":method").unwrap_or_default();
         let path = header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
         let trace = header(MapType::HttpRequestHeaders, TRACE_HEADER);
+        let signal_headers: Vec<Option<Vec<u8>>> = exchange
+            .signal_header_names()
+            .iter()
+            .map(|name| header(MapType::HttpRequestHeaders, name))
+            .collect();
         let head = RequestHead {
             method: &method,
             path: &path,
             trace: trace.as_deref(),
+            signal_headers: &signal_headers,
         };
         let now = self.clock.now();
         let flow = exchange.on_request_headers(head, end_of_stream, now);

@@ -4,12 +4,13 @@
 //! carries out the [`Command`]s it returns.
 
 use crate::config::Algorithm;
-use crate::config::{ModelId, ReplyModelName, Secret};
+use crate::config::{ModelId, ReplyModelName, RouterId, Secret, Target};
 use crate::gateway::Gateway;
 use crate::looper::{Answer, CallId, CallResult, Looper, LooperCommand, LooperEvent};
 use crate::metrics::{Global, MetricId};
 use crate::model_scan::{ModelScanner, Scan};
 use crate::openai::{models, sse, ApiError, ChatRequest, FinalCompletion};
+use crate::router::Route;
 use crate::time::Millis;
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -19,6 +20,8 @@ pub const MODELS_PATH: &str = "/v1/models";
 /// Request header with which a client asks for `looper_trace` (honoured only when the
 /// operator allows traces).
 pub const TRACE_HEADER: &str = "x-looper-trace";
+/// Longer values of a routing header count as absent.
+const MAX_SIGNAL_HEADER_VALUE: usize = 256;
 
 /// What the adapter returns to the host from a request callback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +61,9 @@ pub struct RequestHead<'a> {
     pub path: &'a [u8],
     /// The value of `x-looper-trace`, if present.
     pub trace: Option<&'a [u8]>,
+    /// The values of [`Config::signal_headers`](crate::config::Config::signal_headers), in
+    /// that order (the only headers routing reads).
+    pub signal_headers: &'a [Option<Vec<u8>>],
 }
 
 enum State {
@@ -85,6 +91,8 @@ struct Running {
     looper: Looper,
     request: Rc<ChatRequest>,
     virtual_index: usize,
+    /// How the router chose the recipe; `None` for a pinned virtual model.
+    route: Option<(RouterId, Route)>,
 }
 
 pub struct Exchange {
@@ -92,6 +100,8 @@ pub struct Exchange {
     state: State,
     started: Millis,
     trace_requested: bool,
+    /// Allow-listed header values for routing signals (UTF-8, trimmed, bounded).
+    signal_headers: Vec<Option<String>>,
     commands: VecDeque<Command>,
     replied: bool,
 }
@@ -111,6 +121,7 @@ impl Exchange {
             state: State::New,
             started: now,
             trace_requested: false,
+            signal_headers: Vec::new(),
             commands: VecDeque::new(),
             replied: false,
         }
@@ -124,6 +135,11 @@ impl Exchange {
     /// Upstream bodies above this size are not read (the call counts as failed).
     pub fn max_upstream_body_bytes(&self) -> usize {
         self.gateway.config().limits.max_upstream_body_bytes
+    }
+
+    /// The request headers the adapter must pass in [`RequestHead::signal_headers`].
+    pub fn signal_header_names(&self) -> &[String] {
+        &self.gateway.config().signal_headers
     }
 
     pub fn is_replied(&self) -> bool {
@@ -149,6 +165,14 @@ impl Exchange {
         }
         self.started = now;
         self.trace_requested = head.trace.is_some_and(|v| v.trim_ascii() == b"1");
+        self.signal_headers = head
+            .signal_headers
+            .iter()
+            .map(|value| {
+                let value = std::str::from_utf8(value.as_deref()?.trim_ascii()).ok()?;
+                (value.len() <= MAX_SIGNAL_HEADER_VALUE).then(|| value.to_string())
+            })
+            .collect();
         let path = path_only(head.path);
         let metrics = self.gateway.metrics();
         if path == CHAT_COMPLETIONS_PATH.as_bytes() && head.method == b"POST" {
@@ -302,12 +326,22 @@ impl Exchange {
             self.pass_through();
             return Flow::Continue;
         };
-        let recipe = config
-            .virtual_models
-            .get(virtual_index)
-            .and_then(|v| config.recipe(v.recipe))
-            .cloned();
-        let Some(recipe) = recipe else {
+        let metrics = self.gateway.metrics();
+        let mut route = None;
+        let recipe_id = match config.virtual_models.get(virtual_index).map(|v| v.target) {
+            Some(Target::Recipe(id)) => Some(id),
+            Some(Target::Router(router_id)) => config.router(router_id).and_then(|router| {
+                let decided = router.route(&request, &self.signal_headers)?;
+                if let Some(id) = metrics.decision(router_id, decided.decision) {
+                    self.commands.push_back(Command::Count(id));
+                }
+                let recipe = decided.recipe;
+                route = Some((router_id, decided));
+                Some(recipe)
+            }),
+            None => None,
+        };
+        let Some(recipe) = recipe_id.and_then(|id| config.recipe(id)).cloned() else {
             self.reply_error(&ApiError::internal("virtual model without recipe"));
             return Flow::Pause;
         };
@@ -315,7 +349,6 @@ impl Exchange {
             self.reply_error(&err);
             return Flow::Pause;
         }
-        let metrics = self.gateway.metrics();
         self.commands
             .push_back(Command::Count(metrics.global(Global::Requests)));
         self.commands
@@ -327,6 +360,7 @@ impl Exchange {
             looper,
             request,
             virtual_index,
+            route,
         }));
         self.drain_looper(now);
         Flow::Pause
@@ -465,9 +499,14 @@ impl Exchange {
         let virtual_name = virtual_model.map_or("", |v| v.name.as_str());
         let recipe = runtime.recipe();
         let latency_ms = now.since(self.started);
+        let router = running
+            .route
+            .as_ref()
+            .and_then(|(id, route)| Some((config.router(*id)?, route)));
+        let decision = router.map_or("pinned", |(router, route)| router.decision_name(route));
         let mut headers = vec![
             ("x-looper-model".to_string(), virtual_name.to_string()),
-            ("x-looper-decision".to_string(), "pinned".to_string()),
+            ("x-looper-decision".to_string(), decision.to_string()),
             ("x-looper-recipe".to_string(), recipe.name.clone()),
             (
                 "x-looper-algorithm".to_string(),
@@ -487,6 +526,19 @@ impl Exchange {
                 format!("{:.8}", runtime.cost()),
             ),
         ];
+        if let Some((router, route)) = router {
+            let bands: Vec<String> = router
+                .band_names(route)
+                .map(|(p, band)| format!("{p}={band}"))
+                .collect();
+            if !bands.is_empty() {
+                headers.push(("x-looper-bands".to_string(), bands.join(",")));
+            }
+            let fired: Vec<&str> = router.fired_names(route).collect();
+            if !fired.is_empty() {
+                headers.push(("x-looper-signals".to_string(), fired.join(",")));
+            }
+        }
         if let Some(confidence) = runtime.confidence() {
             headers.push((
                 "x-looper-confidence".to_string(),
@@ -504,7 +556,13 @@ impl Exchange {
                     .push_back(Command::Count(metrics.global(Global::AbandonedCalls)));
             }
         }
-        let trace = (config.trace_allowed && self.trace_requested).then(|| runtime.trace());
+        let trace = (config.trace_allowed && self.trace_requested).then(|| {
+            let mut trace = runtime.trace();
+            if let (Some((router, route)), serde_json::Value::Object(obj)) = (router, &mut trace) {
+                obj.insert("route".into(), router.trace(route, &recipe.name));
+            }
+            trace
+        });
         let usage = *runtime.usage();
         self.commands.push_back(Command::Record(
             metrics.virtual_latency(running.virtual_index),

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod model_scan;
 pub mod openai;
 pub mod prompt;
+pub mod router;
 pub mod template;
 pub mod time;
 pub mod vote;

@@ -2,7 +2,7 @@
 //! so counting costs no string work on the request path; the adapter defines each name with
 //! the host once (Envoy shows them as `wasmcustom.<name>` in `/stats`).
 
-use crate::config::{Config, ModelId};
+use crate::config::{Config, ModelId, RouterId};
 use crate::looper::call::OUTCOME_NAMES;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +79,8 @@ pub struct MetricCatalog {
     virtual_base: usize,
     model_base: usize,
     tokens_base: usize,
+    /// Per router, where its decision counters start.
+    decision_bases: Vec<usize>,
 }
 
 /// Per model: prompt and completion tokens of every call that ended before the reply.
@@ -133,11 +135,23 @@ impl MetricCatalog {
                 });
             }
         }
+        let mut decision_bases = Vec::with_capacity(config.routers.len());
+        for router in &config.routers {
+            decision_bases.push(defs.len());
+            let name = sanitize(&router.name);
+            for decision in &router.decisions {
+                defs.push(MetricDef {
+                    name: format!("looper.router.{name}.decision.{}", sanitize(&decision.name)),
+                    kind: MetricKind::Counter,
+                });
+            }
+        }
         MetricCatalog {
             defs,
             virtual_base,
             model_base,
             tokens_base,
+            decision_bases,
         }
     }
 
@@ -170,6 +184,13 @@ impl MetricCatalog {
     pub fn model_tokens(&self, model: ModelId) -> (MetricId, MetricId) {
         let base = self.tokens_base + model.0 * PER_MODEL_TOKENS;
         (MetricId(base), MetricId(base + 1))
+    }
+
+    /// `looper.router.<router>.decision.<decision>`; `decision` indexes the router's sorted
+    /// decisions.
+    pub fn decision(&self, router: RouterId, decision: usize) -> Option<MetricId> {
+        let base = self.decision_bases.get(router.0)?;
+        Some(MetricId(base + decision))
     }
 
     pub fn response_class(&self, status: u16) -> MetricId {

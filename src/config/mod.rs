@@ -5,7 +5,9 @@
 
 mod reader;
 mod recipe;
+mod routing;
 
+use crate::router::Router;
 pub use reader::ConfigError;
 use reader::{ConfigResult, Node, Object};
 pub(crate) use recipe::valid_step_id;
@@ -110,10 +112,23 @@ pub struct UpstreamModel {
     pub timeout_ms: u64,
 }
 
+/// Index of a router in [`Config::routers`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RouterId(pub usize);
+
+/// What a virtual model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Always this recipe (`looper/fusion`).
+    Recipe(RecipeId),
+    /// The recipe the router's decision names (`vllm-sr/auto`).
+    Router(RouterId),
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct VirtualModel {
     pub name: String,
-    pub recipe: RecipeId,
+    pub target: Target,
     pub description: Option<String>,
 }
 
@@ -133,10 +148,14 @@ pub enum ReplyModelName {
     UpstreamAlias,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Config {
     pub models: Vec<UpstreamModel>,
     pub recipes: Vec<Rc<Recipe>>,
+    pub routers: Vec<Router>,
+    /// Request headers that routing signals read (lowercase); no other header is read for
+    /// routing.
+    pub signal_headers: Vec<String>,
     pub virtual_models: Vec<VirtualModel>,
     pub limits: Limits,
     /// Whether a client may ask for `looper_trace` with `x-looper-trace: 1`.
@@ -181,6 +200,10 @@ impl Config {
     pub fn recipe(&self, id: RecipeId) -> Option<&Rc<Recipe>> {
         self.recipes.get(id.0)
     }
+
+    pub fn router(&self, id: RouterId) -> Option<&Router> {
+        self.routers.get(id.0)
+    }
 }
 
 fn parse_config(value: &Value, env: &dyn Fn(&str) -> Option<String>) -> ConfigResult<Config> {
@@ -194,6 +217,7 @@ fn parse_config(value: &Value, env: &dyn Fn(&str) -> Option<String>) -> ConfigRe
         "response",
         "passthrough_models",
         "namespaces",
+        "routers",
     ])?;
 
     let models = parse_models(&root.required("models")?, env)?;
@@ -208,7 +232,21 @@ fn parse_config(value: &Value, env: &dyn Fn(&str) -> Option<String>) -> ConfigRe
         .enumerate()
         .map(|(i, r)| (r.name.as_str(), RecipeId(i)))
         .collect();
-    let virtual_models = parse_virtual_models(&root.required("virtual_models")?, &recipe_index)?;
+    let mut signal_headers = Vec::new();
+    let routers = match root.field("routers") {
+        Some(field) => routing::parse_routers(&field, &recipe_index, &mut signal_headers)?,
+        None => Vec::new(),
+    };
+    let router_index: HashMap<&str, RouterId> = routers
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.as_str(), RouterId(i)))
+        .collect();
+    let virtual_models = parse_virtual_models(
+        &root.required("virtual_models")?,
+        &recipe_index,
+        &router_index,
+    )?;
     let limits = parse_limits(root.field("limits"))?;
 
     let mut trace_allowed = false;
@@ -283,10 +321,13 @@ fn parse_config(value: &Value, env: &dyn Fn(&str) -> Option<String>) -> ConfigRe
         "virtual_models",
         virtual_models.iter().map(|v| v.name.as_str()),
     )?;
+    check_metric_names("routers", routers.iter().map(|r| r.name.as_str()))?;
 
     Ok(Config {
         models,
         recipes,
+        routers,
+        signal_headers,
         virtual_models,
         limits,
         trace_allowed,
@@ -552,6 +593,7 @@ fn parse_credential(
 fn parse_virtual_models(
     field: &Node<'_>,
     recipes: &HashMap<&str, RecipeId>,
+    routers: &HashMap<&str, RouterId>,
 ) -> ConfigResult<Vec<VirtualModel>> {
     let obj = named(field, "virtual model")?;
     if obj.len() > bounds::MAX_VIRTUAL_MODELS {
@@ -568,15 +610,25 @@ fn parse_virtual_models(
             );
         }
         let entry = field.object()?;
-        entry.deny_unknown(&["recipe", "description"])?;
-        let recipe_field = entry.required("recipe")?;
-        let recipe_name = recipe_field.string()?;
-        let recipe = *recipes.get(recipe_name).ok_or_else(|| {
-            recipe_field.error(format!("unknown recipe `{recipe_name}` (not in `recipes`)"))
-        })?;
+        entry.deny_unknown(&["recipe", "router", "description"])?;
+        let target = match (entry.field("recipe"), entry.field("router")) {
+            (Some(recipe_field), None) => {
+                let recipe_name = recipe_field.string()?;
+                Target::Recipe(*recipes.get(recipe_name).ok_or_else(|| {
+                    recipe_field.error(format!("unknown recipe `{recipe_name}` (not in `recipes`)"))
+                })?)
+            }
+            (None, Some(router_field)) => {
+                let router_name = router_field.string()?;
+                Target::Router(*routers.get(router_name).ok_or_else(|| {
+                    router_field.error(format!("unknown router `{router_name}` (not in `routers`)"))
+                })?)
+            }
+            _ => return Err(entry.error("needs either `recipe` or `router`")),
+        };
         out.push(VirtualModel {
             name: name.to_string(),
-            recipe,
+            target,
             description: entry.opt_string("description")?.map(str::to_string),
         });
     }

@@ -36,6 +36,7 @@ fn head<'a>(method: &'a str, path: &'a str) -> RequestHead<'a> {
         method: method.as_bytes(),
         path: path.as_bytes(),
         trace: None,
+        signal_headers: &[],
     }
 }
 
@@ -708,4 +709,121 @@ fn tokens_are_counted_per_model_and_late_results_ignored() {
     ex.on_call_result(d.calls[1].0, answer("B"), T0);
     let late = drain(&gw, &mut ex);
     assert!(late.reply.is_none() && late.adds.is_empty() && late.counts.is_empty());
+}
+
+fn router_gateway() -> Rc<Gateway> {
+    gateway_with(json!({
+        "recipes": {
+            "r": {"algorithm": "single", "models": ["medium", "small"]},
+            "cheap": {"algorithm": "single", "models": ["small"]}
+        },
+        "routers": {"auto": {
+            "signals": {
+                "greeting": {"type": "keywords", "keywords": ["hi"], "whole_word": true},
+                "free": {"type": "header", "name": "x-tier", "values": ["free"]}
+            },
+            "projections": {"cost": {"weights": {"free": 1},
+                "bands": [{"name": "normal", "below": 1}, {"name": "tight"}]}},
+            "decisions": [
+                {"name": "free_tier", "priority": 10, "when": {"band": "cost", "is": "tight"},
+                 "recipe": "cheap"},
+                {"name": "default", "recipe": "r"}
+            ]
+        }},
+        "virtual_models": {"vllm-sr/auto": {"router": "auto"}, "vllm-sr/pinned": {"recipe": "r"}}
+    }))
+}
+
+fn post_with_headers(
+    gw: &Rc<Gateway>,
+    body: &[u8],
+    signal_headers: &[Option<Vec<u8>>],
+) -> (Exchange, Drained) {
+    let mut ex = gw.exchange(T0);
+    let mut h = head("POST", "/v1/chat/completions");
+    h.trace = Some(b"1");
+    h.signal_headers = signal_headers;
+    assert_eq!(ex.on_request_headers(h, false, T0), Flow::Pause);
+    ex.on_request_body(body.len(), body, true, T0);
+    let d = drain(gw, &mut ex);
+    (ex, d)
+}
+
+#[test]
+fn the_router_picks_the_recipe_and_the_reply_shows_why() {
+    let gw = router_gateway();
+    assert_eq!(
+        Exchange::new(Rc::clone(&gw), T0).signal_header_names(),
+        ["x-tier"]
+    );
+    let (mut ex, d) = post_with_headers(&gw, &chat("vllm-sr/auto", json!({})), &[None]);
+    assert_eq!(d.calls.len(), 1);
+    assert_eq!(d.calls[0].3["model"], "sim-medium");
+    assert!(d
+        .counts
+        .contains(&"looper.router.auto.decision.default".to_string()));
+    let call = d.calls[0].0;
+    ex.on_call_result(call, upstream_ok("hello", "stop"), T0);
+    let (status, headers, body) = drain(&gw, &mut ex).reply.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-looper-decision"), Some("default"));
+    assert_eq!(header(&headers, "x-looper-recipe"), Some("r"));
+    assert_eq!(header(&headers, "x-looper-bands"), Some("cost=normal"));
+    assert_eq!(header(&headers, "x-looper-signals"), Some("greeting"));
+    let reply: Value = serde_json::from_slice(&body).unwrap();
+    let route = &reply["looper_trace"]["route"];
+    assert_eq!(route["router"], "auto");
+    assert_eq!(route["decision"], "default");
+    assert_eq!(route["recipe"], "r");
+    assert_eq!(
+        route["bands"]["cost"],
+        json!({"band": "normal", "score": 0.0})
+    );
+    assert_eq!(route["signals"], json!({"greeting": 1.0}));
+
+    // The allow-listed header moves the request to another recipe.
+    let (_, d) = post_with_headers(
+        &gw,
+        &chat("vllm-sr/auto", json!({})),
+        &[Some(b" free ".to_vec())],
+    );
+    assert_eq!(d.calls[0].3["model"], "sim-small");
+    assert!(d
+        .counts
+        .contains(&"looper.router.auto.decision.free_tier".to_string()));
+
+    // Header values that are not UTF-8 or too long count as absent.
+    for bad in [vec![0xff, b'f'], "free".repeat(100).into_bytes()] {
+        let (_, d) = post_with_headers(&gw, &chat("vllm-sr/auto", json!({})), &[Some(bad)]);
+        assert_eq!(d.calls[0].3["model"], "sim-medium");
+    }
+}
+
+#[test]
+fn a_pinned_virtual_model_says_so_and_has_no_route() {
+    let gw = router_gateway();
+    let (mut ex, d) = post_with_headers(&gw, &chat("vllm-sr/pinned", json!({})), &[None]);
+    assert!(!d.counts.iter().any(|c| c.contains("decision")));
+    ex.on_call_result(d.calls[0].0, upstream_ok("hello", "stop"), T0);
+    let (_, headers, body) = drain(&gw, &mut ex).reply.unwrap();
+    assert_eq!(header(&headers, "x-looper-decision"), Some("pinned"));
+    assert_eq!(header(&headers, "x-looper-signals"), None);
+    let reply: Value = serde_json::from_slice(&body).unwrap();
+    assert!(reply["looper_trace"].get("route").is_none());
+}
+
+#[test]
+fn a_routed_recipe_still_refuses_what_it_cannot_serve() {
+    let gw = gateway_with(json!({
+        "recipes": {
+            "r": {"algorithm": "single", "models": ["medium"]},
+            "panel": {"algorithm": "ratings", "members": [{"model": "medium"}, {"model": "small"}]}
+        },
+        "routers": {"auto": {"decisions": [{"name": "default", "recipe": "panel"}]}},
+        "virtual_models": {"vllm-sr/auto": {"router": "auto"}}
+    }));
+    let (_, d) = post_with_headers(&gw, &chat("vllm-sr/auto", json!({"n": 2})), &[]);
+    let (status, _, body) = d.reply.unwrap();
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("`n` must be 1"));
 }

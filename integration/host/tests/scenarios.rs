@@ -608,3 +608,37 @@ fn without_the_stop_iteration_flag_envoy_would_hang_the_request() {
     let ctx = vm.send_request(chat(json!({})));
     assert_eq!(vm.outcome(ctx), Outcome::Hung);
 }
+
+#[test]
+fn the_router_reads_only_allow_listed_headers_through_the_abi() {
+    let mut config = config();
+    config["recipes"]["cheap"] = json!({"algorithm": "single", "models": ["small"]});
+    config["routers"] = json!({"auto": {
+        "signals": {"free": {"type": "header", "name": "x-tier", "values": ["free"]}},
+        "decisions": [
+            {"name": "free_tier", "priority": 1, "when": {"signal": "free"}, "recipe": "cheap"},
+            {"name": "default", "recipe": "r"}
+        ]
+    }});
+    config["virtual_models"] = json!({VIRTUAL: {"router": "auto"}});
+    let mut vm = vm_with(&config, options());
+    let cases: Vec<(Request, &str, &str)> = vec![
+        (chat(json!({})), "default", "sim-medium"),
+        (chat(json!({})).header("x-tier", "free"), "free_tier", "sim-small"),
+        (chat(json!({})).header("x-tier", [0xff, 0xfe]), "default", "sim-medium"),
+        (chat(json!({})).header("x-looper-decision", "free_tier"), "default", "sim-medium"),
+    ];
+    for (request, decision, model) in cases {
+        let ctx = vm.send_request(request);
+        let call = single_call(&vm, ctx);
+        assert_eq!(call.json().unwrap()["model"], model);
+        vm.respond_json(call.token, 200, &completion("ok", "stop"))
+            .unwrap();
+        let reply = vm.reply(ctx).unwrap();
+        assert_eq!(reply.header("x-looper-decision"), Some(decision));
+        vm.finish(ctx).unwrap();
+    }
+    assert_eq!(counter(&vm, "looper.router.auto.decision.free_tier"), 1);
+    assert_eq!(counter(&vm, "looper.router.auto.decision.default"), 3);
+    assert!(!vm.is_failed());
+}

@@ -1,0 +1,274 @@
+//! Signals: numbers read from the request without any model, each with a rule for when it
+//! fires. All keyword lists that read the same text in the same case mode share one
+//! Aho–Corasick automaton, so the keywords cost one pass over the text, whatever their number.
+
+use super::structure::{Detector, Shape};
+use super::text::{estimate_tokens, RequestText, Scope};
+use crate::openai::ChatRequest;
+use aho_corasick::AhoCorasick;
+use regex::Regex;
+use serde_json::Value;
+use std::cell::OnceCell;
+
+/// Regular expression matches are counted up to this many (enough for any threshold).
+pub const MAX_REGEX_MATCHES: usize = 1000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LengthUnit {
+    Chars,
+    Tokens,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Measure {
+    UserTurns,
+    Messages,
+    SystemPrompt,
+    Tools,
+}
+
+impl Measure {
+    pub const NAMES: &'static [&'static str] =
+        &["user_turns", "messages", "system_prompt", "tools"];
+
+    pub fn parse(name: &str) -> Option<Measure> {
+        Some(match name {
+            "user_turns" => Measure::UserTurns,
+            "messages" => Measure::Messages,
+            "system_prompt" => Measure::SystemPrompt,
+            "tools" => Measure::Tools,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parameter {
+    MaxTokens,
+    Temperature,
+    TopP,
+    ReasoningEffort,
+    Stream,
+}
+
+impl Parameter {
+    pub const NAMES: &'static [&'static str] = &[
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "reasoning_effort",
+        "stream",
+    ];
+
+    pub fn parse(name: &str) -> Option<Parameter> {
+        Some(match name {
+            "max_tokens" => Parameter::MaxTokens,
+            "temperature" => Parameter::Temperature,
+            "top_p" => Parameter::TopP,
+            "reasoning_effort" => Parameter::ReasoningEffort,
+            "stream" => Parameter::Stream,
+            _ => return None,
+        })
+    }
+
+    fn value(self, request: &ChatRequest) -> Option<&Value> {
+        let field = |name| request.field(name).filter(|v| !v.is_null());
+        match self {
+            Parameter::MaxTokens => field("max_completion_tokens").or_else(|| field("max_tokens")),
+            Parameter::Temperature => field("temperature"),
+            Parameter::TopP => field("top_p"),
+            Parameter::ReasoningEffort => field("reasoning_effort"),
+            Parameter::Stream => field("stream"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum SignalKind {
+    /// Counted by the keyword pass of the signal's [`KeywordGroup`].
+    Keywords,
+    Regex {
+        regex: Regex,
+        scope: Scope,
+    },
+    Length {
+        unit: LengthUnit,
+        scope: Scope,
+    },
+    Structure {
+        detector: Detector,
+        scope: Scope,
+    },
+    Conversation(Measure),
+    /// With `values`, fires on equality (value 1/0); otherwise on the number.
+    Parameter {
+        parameter: Parameter,
+        values: Option<Vec<String>>,
+    },
+    /// `header` indexes the configuration's allow-listed header names.
+    Header {
+        header: usize,
+        values: Option<Vec<String>>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Signal {
+    pub name: String,
+    pub kind: SignalKind,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// Keyword lists that read the same scope in the same case mode.
+#[derive(Clone, Debug)]
+pub struct KeywordGroup {
+    pub scope: Scope,
+    pub case_sensitive: bool,
+    pub automaton: AhoCorasick,
+    /// Per pattern: the signal it counts for and whether it must match a whole word.
+    pub owners: Vec<(usize, bool)>,
+}
+
+/// What the signals read of one request.
+pub struct Evaluated {
+    pub values: Vec<f64>,
+    pub fired: Vec<bool>,
+}
+
+pub fn evaluate(
+    signals: &[Signal],
+    groups: &[KeywordGroup],
+    request: &ChatRequest,
+    headers: &[Option<String>],
+) -> Evaluated {
+    let text = RequestText::new(request);
+    let mut values = vec![0.0; signals.len()];
+    for group in groups {
+        let haystack = if group.case_sensitive {
+            text.get(group.scope)
+        } else {
+            text.lowercase(group.scope)
+        };
+        for m in group.automaton.find_overlapping_iter(haystack) {
+            let Some(&(signal, whole_word)) = group.owners.get(m.pattern().as_usize()) else {
+                continue;
+            };
+            if whole_word && !is_whole_word(haystack, m.start(), m.end()) {
+                continue;
+            }
+            if let Some(v) = values.get_mut(signal) {
+                *v += 1.0;
+            }
+        }
+    }
+    // Structure detectors share one scan per scope.
+    let shapes: [OnceCell<Shape>; 4] = Default::default();
+    let mut fired = Vec::with_capacity(signals.len());
+    for (signal, value) in signals.iter().zip(values.iter_mut()) {
+        let (v, fires) = match &signal.kind {
+            SignalKind::Keywords => (*value, None),
+            SignalKind::Regex { regex, scope } => (
+                regex
+                    .find_iter(text.get(*scope))
+                    .take(MAX_REGEX_MATCHES)
+                    .count() as f64,
+                None,
+            ),
+            SignalKind::Length { unit, scope } => {
+                let t = text.get(*scope);
+                let n = match unit {
+                    LengthUnit::Chars => t.chars().count() as u64,
+                    LengthUnit::Tokens => estimate_tokens(t),
+                };
+                (n as f64, None)
+            }
+            SignalKind::Structure { detector, scope } => {
+                let shape = shapes.get(scope.index()).map(|cell| {
+                    cell.get_or_init(|| Shape::scan(text.get(*scope), text.lowercase(*scope)))
+                });
+                let format = request.field("response_format");
+                (shape.map_or(0.0, |s| detector.measure(s, format)), None)
+            }
+            SignalKind::Conversation(measure) => (conversation(*measure, &text, request), None),
+            SignalKind::Parameter { parameter, values } => {
+                parameter_signal(parameter.value(request), values.as_deref(), signal)
+            }
+            SignalKind::Header { header, values } => {
+                let present = headers.get(*header).and_then(Option::as_deref);
+                let hit = match (present, values) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(v), Some(allowed)) => allowed.iter().any(|a| a.eq_ignore_ascii_case(v)),
+                };
+                (if hit { 1.0 } else { 0.0 }, Some(hit))
+            }
+        };
+        *value = v;
+        fired.push(fires.unwrap_or(signal.min <= v && v <= signal.max));
+    }
+    Evaluated { values, fired }
+}
+
+/// Value and whether it fires, for a request parameter.
+fn parameter_signal(
+    value: Option<&Value>,
+    allowed: Option<&[String]>,
+    signal: &Signal,
+) -> (f64, Option<bool>) {
+    let Some(value) = value else {
+        return (0.0, Some(false));
+    };
+    if let Some(allowed) = allowed {
+        let text = match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let hit = allowed.contains(&text);
+        return (if hit { 1.0 } else { 0.0 }, Some(hit));
+    }
+    let number = match value {
+        Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+        Value::Number(n) => n.as_f64(),
+        _ => None,
+    };
+    match number {
+        Some(n) => (n, Some(signal.min <= n && n <= signal.max)),
+        None => (0.0, Some(false)),
+    }
+}
+
+fn conversation(measure: Measure, text: &RequestText<'_>, request: &ChatRequest) -> f64 {
+    let role = |m: &Value| m.get("role").and_then(Value::as_str).map(str::to_string);
+    let messages = text.messages();
+    let n = match measure {
+        Measure::UserTurns => messages
+            .iter()
+            .filter(|m| role(m).as_deref() == Some("user"))
+            .count(),
+        Measure::Messages => messages.len(),
+        Measure::SystemPrompt => usize::from(
+            messages
+                .iter()
+                .any(|m| matches!(role(m).as_deref(), Some("system" | "developer"))),
+        ),
+        Measure::Tools => {
+            let count = |name| {
+                request
+                    .field(name)
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len)
+            };
+            count("tools") + count("functions")
+        }
+    };
+    n as f64
+}
+
+/// Neither neighbour of the match is a letter, digit or `_`.
+fn is_whole_word(haystack: &str, start: usize, end: usize) -> bool {
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    let before = haystack.get(..start).and_then(|s| s.chars().next_back());
+    let after = haystack.get(end..).and_then(|s| s.chars().next());
+    !before.is_some_and(word) && !after.is_some_and(word)
+}

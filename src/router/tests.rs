@@ -1,0 +1,523 @@
+//! Tests of the parent module, compiled only under #[cfg(test)].
+
+use crate::config::{Config, ConfigError, Target};
+use crate::openai::ChatRequest;
+use serde_json::{json, Value};
+
+fn config_with(routers: Value) -> Result<Config, ConfigError> {
+    let v = json!({
+        "models": {"m": {"cluster": "c"}},
+        "recipes": {
+            "cheap": {"algorithm": "single", "models": ["m"]},
+            "deep": {"algorithm": "single", "models": ["m"]},
+            "strict": {"algorithm": "single", "models": ["m"]}
+        },
+        "routers": routers,
+        "virtual_models": {"x/auto": {"router": "auto"}, "x/pinned": {"recipe": "cheap"}}
+    });
+    Config::from_json(v.to_string().as_bytes(), &|_| None)
+}
+
+fn router_config(signals: Value, projections: Value, decisions: Value) -> Config {
+    config_with(json!({"auto": {
+        "signals": signals, "projections": projections, "decisions": decisions
+    }}))
+    .unwrap()
+}
+
+fn error_of(routers: Value) -> ConfigError {
+    config_with(routers).unwrap_err()
+}
+
+fn request(body: Value) -> ChatRequest {
+    ChatRequest::parse(body.to_string().as_bytes()).unwrap()
+}
+
+fn user(text: &str) -> ChatRequest {
+    request(json!({"model": "x/auto", "messages": [{"role": "user", "content": text}]}))
+}
+
+/// (decision, fired signals, value of each signal by name)
+fn route(config: &Config, req: &ChatRequest, headers: &[Option<String>]) -> (String, Vec<String>) {
+    let router = config.routers.first().unwrap();
+    let route = router.route(req, headers).unwrap();
+    (
+        router.decision_name(&route).to_string(),
+        router.fired_names(&route).map(str::to_string).collect(),
+    )
+}
+
+fn value_of(config: &Config, req: &ChatRequest, signal: &str) -> f64 {
+    let router = config.routers.first().unwrap();
+    let route = router.route(req, &[]).unwrap();
+    let i = router
+        .signals
+        .iter()
+        .position(|s| s.name == signal)
+        .unwrap();
+    route.values[i]
+}
+
+fn catch_all() -> Value {
+    json!([{"name": "default", "recipe": "cheap"}])
+}
+
+#[test]
+fn keywords_match_case_insensitively_beyond_ascii_and_count_every_occurrence() {
+    let config = router_config(
+        json!({
+            "medical": {"type": "keywords", "keywords": ["Diagnose", "ÄRZTLICH"]},
+            "words": {"type": "keywords", "keywords": ["cat"], "whole_word": true},
+            "shared": {"type": "keywords", "keywords": ["diagnose"], "min": 2},
+            "exact_case": {"type": "keywords", "keywords": ["NaN"], "case_sensitive": true}
+        }),
+        json!({}),
+        catch_all(),
+    );
+    let req = user("Ärztlich: DIAGNOSE the cat, concatenate, diagnose again; nan");
+    assert_eq!(value_of(&config, &req, "medical"), 3.0);
+    assert_eq!(value_of(&config, &req, "words"), 1.0);
+    assert_eq!(value_of(&config, &req, "shared"), 2.0);
+    assert_eq!(value_of(&config, &req, "exact_case"), 0.0);
+    let (_, fired) = route(&config, &req, &[]);
+    assert_eq!(fired, ["medical", "shared", "words"]);
+    let (_, fired) = route(&config, &user("one diagnose, concatenated"), &[]);
+    assert_eq!(fired, ["medical"], "min 2 and whole words hold");
+}
+
+#[test]
+fn text_signals_read_their_scope_and_array_content() {
+    let config = router_config(
+        json!({
+            "system_says_code": {"type": "keywords", "keywords": ["coding assistant"], "scope": "system"},
+            "last": {"type": "keywords", "keywords": ["urgent"], "scope": "last_user"},
+            "any_user": {"type": "keywords", "keywords": ["urgent"]}
+        }),
+        json!({}),
+        catch_all(),
+    );
+    let req = request(json!({"model": "x/auto", "messages": [
+        {"role": "system", "content": "You are a coding assistant."},
+        {"role": "user", "content": [{"type": "text", "text": "urgent"}]},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": [{"type": "text", "text": "now something else"}]}
+    ]}));
+    let (_, fired) = route(&config, &req, &[]);
+    assert_eq!(fired, ["any_user", "system_says_code"]);
+}
+
+#[test]
+fn regex_signals_count_matches_and_bad_patterns_are_refused() {
+    let config = router_config(
+        json!({"paths": {"type": "regex", "pattern": r"\b[\w/]+\.(py|rs)\b", "min": 2}}),
+        json!({}),
+        catch_all(),
+    );
+    let req = user("see src/main.rs and lib/util.py and notes.txt");
+    assert_eq!(value_of(&config, &req, "paths"), 2.0);
+    let err = error_of(json!({"auto": {
+        "signals": {"bad": {"type": "regex", "pattern": "(unclosed"}},
+        "decisions": catch_all()
+    }}));
+    assert_eq!(err.path, "routers.auto.signals.bad.pattern");
+    let err = error_of(json!({"auto": {
+        "signals": {"huge": {"type": "regex", "pattern": r"\w{1000}\w{1000}\w{1000}"}},
+        "decisions": catch_all()
+    }}));
+    assert_eq!(err.path, "routers.auto.signals.huge.pattern", "{err}");
+}
+
+#[test]
+fn length_structure_conversation_and_parameter_signals() {
+    let config = router_config(
+        json!({
+            "short": {"type": "length", "scope": "last_user", "max": 20},
+            "tokens": {"type": "length", "unit": "tokens", "min": 0},
+            "options": {"type": "structure", "detect": "multiple_choice", "min": 3},
+            "turns": {"type": "conversation", "measure": "user_turns", "min": 2},
+            "tools": {"type": "conversation", "measure": "tools"},
+            "effort": {"type": "parameter", "name": "reasoning_effort", "values": ["high"]},
+            "small_budget": {"type": "parameter", "name": "max_tokens", "max": 256},
+            "streaming": {"type": "parameter", "name": "stream"},
+            "json": {"type": "structure", "detect": "json_requested"}
+        }),
+        json!({}),
+        catch_all(),
+    );
+    let req = request(json!({
+        "model": "x/auto",
+        "messages": [{"role": "user", "content": "Which?\nA) one\nB) two\nC) three"}],
+        "reasoning_effort": "high",
+        "max_completion_tokens": 100,
+        "stream": false,
+        "response_format": {"type": "json_object"},
+        "tools": [{"type": "function", "function": {"name": "f"}}]
+    }));
+    let (_, fired) = route(&config, &req, &[]);
+    assert_eq!(
+        fired,
+        [
+            "effort",
+            "json",
+            "options",
+            "small_budget",
+            "tokens",
+            "tools"
+        ]
+    );
+    assert_eq!(value_of(&config, &req, "options"), 3.0);
+    assert_eq!(value_of(&config, &req, "tokens"), 8.0);
+    let req = request(json!({
+        "model": "x/auto", "stream": true, "max_tokens": 4000, "reasoning_effort": "low",
+        "messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "there"}]
+    }));
+    let (_, fired) = route(&config, &req, &[]);
+    assert_eq!(fired, ["short", "streaming", "tokens", "turns"]);
+}
+
+#[test]
+fn header_signals_read_only_their_values() {
+    let config = router_config(
+        json!({
+            "gold": {"type": "header", "name": "x-tier", "values": ["gold", "platinum"]},
+            "tenant": {"type": "header", "name": "x-tenant"}
+        }),
+        json!({}),
+        catch_all(),
+    );
+    assert_eq!(config.signal_headers, ["x-tier", "x-tenant"]);
+    let req = user("hello");
+    let (_, fired) = route(&config, &req, &[Some("GOLD".into()), None]);
+    assert_eq!(fired, ["gold"]);
+    let (_, fired) = route(&config, &req, &[Some("silver".into()), Some("acme".into())]);
+    assert_eq!(fired, ["tenant"]);
+    for secret in ["authorization", "cookie"] {
+        let err = error_of(json!({"auto": {
+            "signals": {"s": {"type": "header", "name": secret}},
+            "decisions": catch_all()
+        }}));
+        assert_eq!(err.path, "routers.auto.signals.s.name");
+    }
+}
+
+fn banded() -> Config {
+    router_config(
+        json!({
+            "hard_words": {"type": "keywords", "keywords": ["prove", "derive"]},
+            "math": {"type": "structure", "detect": "math"},
+            "mc": {"type": "structure", "detect": "multiple_choice"},
+            "chat": {"type": "keywords", "keywords": ["hello"]}
+        }),
+        json!({"difficulty": {
+            "weights": {"hard_words": 1.0, "math": {"weight": 0.5, "of": "value", "cap": 2}},
+            "bands": [{"name": "low", "below": 1}, {"name": "medium", "below": 2},
+                      {"name": "high"}]
+        }}),
+        json!([
+            {"name": "hard_mc", "priority": 50, "recipe": "deep",
+             "when": {"all": [{"signal": "mc"}, {"band": "difficulty", "in": ["medium", "high"]}]}},
+            {"name": "greeting", "priority": 10, "recipe": "cheap",
+             "when": {"all": [{"signal": "chat"}, {"not": {"signal": "mc"}}]}},
+            {"name": "hard", "priority": 50, "recipe": "strict",
+             "when": {"band": "difficulty", "is": "high"}},
+            {"name": "default", "recipe": "cheap"}
+        ]),
+    )
+}
+
+#[test]
+fn projections_sum_weights_and_map_scores_to_bands() {
+    let config = banded();
+    let router = config.routers.first().unwrap();
+    let bands = |text: &str| {
+        let route = router.route(&user(text), &[]).unwrap();
+        router
+            .band_names(&route)
+            .map(|(p, b)| format!("{p}={b}"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bands("nothing"), ["difficulty=low"]);
+    assert_eq!(bands("prove it"), ["difficulty=medium"]);
+    // The math value is capped at 2: 1 + 0.5 * 2 = 2.
+    assert_eq!(bands("prove $x^2 + 3^4 + 5^6 = 1$"), ["difficulty=high"]);
+}
+
+#[test]
+fn the_highest_priority_match_wins_and_equal_priorities_keep_their_order() {
+    let config = banded();
+    let decide = |text: &str| route(&config, &user(text), &[]).0;
+    assert_eq!(decide("hello"), "greeting");
+    assert_eq!(decide("hello\nA) x\nB) y"), "default");
+    assert_eq!(decide("prove\nA) x\nB) y"), "hard_mc");
+    // Both `hard_mc` and `hard` match at priority 50: the one listed first wins.
+    assert_eq!(decide("prove $x^2 + 3^4$\nA) x\nB) y"), "hard_mc");
+    assert_eq!(decide("prove $x^2 + 3^4$"), "hard");
+    let router = config.routers.first().unwrap();
+    let route = router.route(&user("hello"), &[]).unwrap();
+    let recipe = config.recipe(route.recipe).unwrap();
+    assert_eq!(recipe.name, "cheap");
+    let trace = router.trace(&route, &recipe.name);
+    assert_eq!(trace["decision"], "greeting");
+    assert_eq!(trace["bands"]["difficulty"]["band"], "low");
+    assert_eq!(trace["signals"], json!({"chat": 1.0}));
+    assert!(matches!(
+        config.virtual_model("x/auto").unwrap().target,
+        Target::Router(_)
+    ));
+}
+
+#[test]
+fn invalid_routing_configurations_name_the_field() {
+    let signals = json!({"s": {"type": "keywords", "keywords": ["k"]}});
+    let projections = json!({"p": {"weights": {"s": 1}, "bands": [
+        {"name": "lo", "below": 1}, {"name": "hi"}]}});
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (
+            json!([{"name": "a", "recipe": "cheap", "when": {"signal": "nope"}}, {"name": "d", "recipe": "cheap"}]),
+            "routers.auto.decisions[0].when.signal",
+            "unknown signal",
+        ),
+        (
+            json!([{"name": "a", "recipe": "cheap", "when": {"band": "p", "is": "mid"}}, {"name": "d", "recipe": "cheap"}]),
+            "routers.auto.decisions[0].when.is",
+            "no band `mid`",
+        ),
+        (
+            json!([{"name": "a", "recipe": "cheap", "when": {"band": "q", "is": "lo"}}, {"name": "d", "recipe": "cheap"}]),
+            "routers.auto.decisions[0].when.band",
+            "unknown projection",
+        ),
+        (
+            json!([{"name": "d", "recipe": "nope"}]),
+            "routers.auto.decisions[0].recipe",
+            "unknown recipe",
+        ),
+        (
+            json!([{"name": "a", "recipe": "cheap", "when": {"signal": "s"}}]),
+            "routers.auto.decisions",
+            "catch-all",
+        ),
+        (
+            json!([{"name": "a", "recipe": "cheap"}, {"name": "b", "recipe": "cheap"}]),
+            "routers.auto.decisions[1]",
+            "second catch-all",
+        ),
+        (
+            json!([{"name": "d", "recipe": "cheap", "priority": 5}, {"name": "a", "recipe": "cheap", "when": {"signal": "s"}}]),
+            "routers.auto.decisions",
+            "`a` can never match",
+        ),
+        (
+            json!([{"name": "a", "recipe": "cheap", "when": {"signal": "s", "not": {"signal": "s"}}}, {"name": "d", "recipe": "cheap"}]),
+            "routers.auto.decisions[0].when",
+            "exactly one of",
+        ),
+        (
+            json!([{"name": "a", "recipe": "cheap", "when": {"any": []}}, {"name": "d", "recipe": "cheap"}]),
+            "routers.auto.decisions[0].when.any",
+            "at least one",
+        ),
+        (
+            json!([{"name": "a", "recipe": "cheap", "when": {"signal": "s"}}, {"name": "a", "recipe": "cheap"}]),
+            "routers.auto.decisions[1].name",
+            "listed twice",
+        ),
+    ];
+    for (decisions, path, message) in cases {
+        let err = error_of(json!({"auto": {
+            "signals": signals, "projections": projections, "decisions": decisions
+        }}));
+        assert_eq!(err.path, path, "{err}");
+        assert!(err.message.contains(message), "{err}");
+    }
+    let mut deep = json!({"signal": "s"});
+    for _ in 0..9 {
+        deep = json!({"not": deep});
+    }
+    let err = error_of(json!({"auto": {"signals": signals, "decisions": [
+        {"name": "a", "recipe": "cheap", "when": deep}, {"name": "d", "recipe": "cheap"}]}}));
+    assert!(err.message.contains("nest at most"), "{err}");
+
+    let signal_cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"type": "keyword", "keywords": ["k"]}),
+            "routers.auto.signals.x.type",
+        ),
+        (
+            json!({"type": "keywords", "keywords": []}),
+            "routers.auto.signals.x.keywords",
+        ),
+        (
+            json!({"type": "keywords", "keywords": [" "]}),
+            "routers.auto.signals.x.keywords[0]",
+        ),
+        (
+            json!({"type": "keywords", "keywords": ["k"], "min": 3, "max": 2}),
+            "routers.auto.signals.x",
+        ),
+        (
+            json!({"type": "keywords", "keywords": ["k"], "scope": "everyone"}),
+            "routers.auto.signals.x.scope",
+        ),
+        (
+            json!({"type": "keywords", "keywords": ["k"], "regex": "k"}),
+            "routers.auto.signals.x.regex",
+        ),
+        (
+            json!({"type": "structure", "detect": "poetry"}),
+            "routers.auto.signals.x.detect",
+        ),
+        (
+            json!({"type": "parameter", "name": "model"}),
+            "routers.auto.signals.x.name",
+        ),
+        (
+            json!({"type": "length", "unit": "words"}),
+            "routers.auto.signals.x.unit",
+        ),
+        (
+            json!({"type": "header", "name": "X-Tier"}),
+            "routers.auto.signals.x.name",
+        ),
+    ];
+    for (signal, path) in signal_cases {
+        let err = error_of(json!({"auto": {"signals": {"x": signal}, "decisions": catch_all()}}));
+        assert_eq!(err.path, path, "{err}");
+    }
+
+    let band_cases: Vec<(Value, &str)> = vec![
+        (json!([{"name": "lo", "below": 1}]), "2-16 bands"),
+        (json!([{"name": "lo"}, {"name": "hi"}]), "needs `below`"),
+        (
+            json!([{"name": "lo", "below": 1}, {"name": "hi", "below": 2}]),
+            "no `below`",
+        ),
+        (
+            json!([{"name": "lo", "below": 2}, {"name": "mid", "below": 1}, {"name": "hi"}]),
+            "increase",
+        ),
+        (json!([{"name": "lo", "below": 1}, {"name": "lo"}]), "twice"),
+    ];
+    for (bands, message) in band_cases {
+        let err = error_of(json!({"auto": {"signals": signals,
+            "projections": {"p": {"weights": {"s": 1}, "bands": bands}},
+            "decisions": catch_all()}}));
+        assert!(err.message.contains(message), "{err}");
+    }
+    let err = error_of(json!({"auto": {"signals": signals,
+        "projections": {"p": {"weights": {"nope": 1}, "bands": [{"name": "lo", "below": 1}, {"name": "hi"}]}},
+        "decisions": catch_all()}}));
+    assert_eq!(err.path, "routers.auto.projections.p.weights.nope");
+}
+
+#[test]
+fn virtual_models_name_a_recipe_or_a_router() {
+    let base = |vm: Value| {
+        json!({
+            "models": {"m": {"cluster": "c"}},
+            "recipes": {"r": {"algorithm": "single", "models": ["m"]}},
+            "routers": {"auto": {"decisions": [{"name": "d", "recipe": "r"}]}},
+            "virtual_models": {"x/v": vm}
+        })
+        .to_string()
+    };
+    let parse = |vm: Value| Config::from_json(base(vm).as_bytes(), &|_| None);
+    assert!(parse(json!({"router": "auto"})).is_ok());
+    let err = parse(json!({"router": "nope"})).unwrap_err();
+    assert_eq!(err.path, "virtual_models.x/v.router");
+    let err = parse(json!({"router": "auto", "recipe": "r"})).unwrap_err();
+    assert!(err.message.contains("either"), "{err}");
+    let err = parse(json!({})).unwrap_err();
+    assert!(err.message.contains("either"), "{err}");
+}
+
+#[test]
+fn routing_a_huge_request_reads_it_once_per_scope() {
+    let config = router_config(
+        json!({
+            "k": {"type": "keywords", "keywords": ["needle"]},
+            "r": {"type": "regex", "pattern": "needle"},
+            "m": {"type": "structure", "detect": "math"}
+        }),
+        json!({}),
+        catch_all(),
+    );
+    let text = "hay ".repeat(250_000) + "needle";
+    let req = user(&text);
+    assert_eq!(value_of(&config, &req, "k"), 1.0);
+    assert_eq!(value_of(&config, &req, "r"), 1.0);
+}
+
+/// The probe table of the shipped configuration: every request gets the decision, recipe and
+/// signals the table expects. Headers reach the router the way the adapter passes them: only
+/// the allow-listed ones.
+#[test]
+fn shipped_probes_route_as_expected() {
+    let config = Config::from_json(include_bytes!("../../filters/auto.json"), &|_| None).unwrap();
+    let probes: Value =
+        serde_json::from_str(include_str!("../../integration/probes/auto.json")).unwrap();
+    let probes = probes["probes"].as_array().unwrap();
+    assert!(
+        probes.len() >= 40,
+        "the acceptance asks for at least 40 probes"
+    );
+    let mut failures = Vec::new();
+    for probe in probes {
+        let name = probe["name"].as_str().unwrap();
+        let mut body = probe["request"].clone();
+        if body.get("model").is_none() {
+            body["model"] = json!("vllm-sr/auto");
+        }
+        let mut text = body.to_string();
+        if let Some(pad) = probe.get("pad") {
+            let filler = pad["text"]
+                .as_str()
+                .unwrap()
+                .repeat(pad["times"].as_u64().unwrap() as usize);
+            text = text.replace("{{PAD}}", &filler);
+        }
+        let req = ChatRequest::parse(text.as_bytes()).unwrap();
+        let headers: Vec<Option<String>> = config
+            .signal_headers
+            .iter()
+            .map(|h| probe["headers"][h].as_str().map(str::to_string))
+            .collect();
+        let Target::Router(router_id) = config.virtual_model(req.model()).unwrap().target else {
+            panic!("{name}: not a router");
+        };
+        let router = config.router(router_id).unwrap();
+        let route = router.route(&req, &headers).unwrap();
+        let decision = router.decision_name(&route);
+        let recipe = &config.recipe(route.recipe).unwrap().name;
+        let fired: Vec<&str> = router.fired_names(&route).collect();
+        let expect = &probe["expect"];
+        let mut wrong = Vec::new();
+        if expect["decision"] != decision {
+            wrong.push(format!("decision {decision}"));
+        }
+        if expect.get("recipe").is_some_and(|r| r != recipe.as_str()) {
+            wrong.push(format!("recipe {recipe}"));
+        }
+        for s in expect["fired"].as_array().into_iter().flatten() {
+            if !fired.contains(&s.as_str().unwrap()) {
+                wrong.push(format!("{s} did not fire"));
+            }
+        }
+        for s in expect["not_fired"].as_array().into_iter().flatten() {
+            if fired.contains(&s.as_str().unwrap()) {
+                wrong.push(format!("{s} fired"));
+            }
+        }
+        if !wrong.is_empty() {
+            let bands: Vec<String> = router
+                .band_names(&route)
+                .map(|(p, b)| format!("{p}={b}"))
+                .collect();
+            failures.push(format!(
+                "{name}: {} (fired: {fired:?}; bands: {bands:?})",
+                wrong.join(", ")
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
