@@ -10,7 +10,7 @@ SIM       := target/release/looper-sim
 REQS      := integration/e2e/requirements.txt
 CARGO     ?= cargo
 
-.PHONY: help deps wasm-target build run test lint unit host-test e2e compare eval clean
+.PHONY: help deps wasm-target build run test lint unit host-test e2e compare eval probes bench clean
 
 help:
 	@echo "make run    build the plugin and simulator, start them behind Envoy on 127.0.0.1:10000"
@@ -18,6 +18,8 @@ help:
 	@echo "make build  build $(WASM) and the simulator"
 	@echo "make compare  quick comparison of every recipe against the single models"
 	@echo "make eval   quality benchmark with theory and controls (EVAL_ARGS='--items 2000' for the full size)"
+	@echo "make probes check the auto router's probe table against a running gateway (PROBES_URL=...)"
+	@echo "make bench  performance benchmarks (the router's signal evaluation by input size)"
 	@echo "make clean  remove build outputs and the Python venv"
 
 # --- dependencies: installed when missing -------------------------------------------------
@@ -69,6 +71,15 @@ compare: build
 # Writes results/README.md, results/results.json and one SVG plot per scenario.
 eval: build
 	$(PYTHON) integration/bench/eval.py $(EVAL_ARGS)
+
+# The auto router's probe table against a live gateway (start one with `make run`).
+PROBES_URL ?= http://127.0.0.1:10000
+probes: deps
+	$(PYTHON) integration/probes/run_probes.py --url $(PROBES_URL)
+
+# Signal evaluation cost per request by input size (native, release build).
+bench:
+	$(CARGO) bench -p looper --bench signals
 
 clean:
 	$(CARGO) clean

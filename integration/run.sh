@@ -49,6 +49,11 @@ Looper is serving on http://$LISTEN  (Envoy admin: http://127.0.0.1:9901, logs i
   curl -sN http://$LISTEN/v1/chat/completions -H 'content-type: application/json' \\
     -d '{"model":"vllm-sr/auto","stream":true,"messages":[{"role":"user","content":"Say hello"}]}'
 
+  The auto router picks the loop from the request; -i shows x-looper-decision and x-looper-signals:
+
+  curl -s http://$LISTEN/v1/chat/completions -H 'content-type: application/json' -i \\
+    -d '{"model":"vllm-sr/auto","messages":[{"role":"user","content":"In quantum chemistry, which orbital fills first?\\nA) 2p\\nB) 1s\\nC) 3d\\nD) 2s [sim:mc=B]"}]}'
+
   curl -s http://$LISTEN/v1/chat/completions -H 'content-type: application/json' -H 'x-looper-trace: 1' \\
     -d '{"model":"looper/confidence","messages":[{"role":"user","content":"Which is prime? A) 4 B) 6 C) 7 D) 9 [sim:mc=C]"}]}'
 
@@ -60,6 +65,8 @@ Looper is serving on http://$LISTEN  (Envoy admin: http://127.0.0.1:9901, logs i
   to see every call, vote, plan and decision in the reply.
 
   curl -s http://$LISTEN/v1/models
+
+  make probes    # the router's probe table against this gateway
 
 (The simulator reads [sim:...] directives: mc=C says the right option is C; see
 integration/simulator/README.md.)

@@ -58,10 +58,12 @@ def test_chat_completion_with_looper_headers_and_exact_usage(stack):
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
     assert total_tokens(stack.sim_stats()) - before == usage["total_tokens"]
     assert headers["x-looper-model"] == VIRTUAL
+    # The auto router sends small talk to the cheap single-model recipe.
+    assert headers["x-looper-decision"] == "chit_chat"
     assert headers["x-looper-algorithm"] == "single"
-    assert headers["x-looper-recipe"] == "auto-single"
+    assert headers["x-looper-recipe"] == "cheap"
     assert headers["x-looper-calls"] == "1"
-    assert headers["x-looper-models"] == "sim-medium"
+    assert headers["x-looper-models"] == "sim-small"
     assert int(headers["x-looper-latency-ms"]) >= 0
     assert float(headers["x-looper-cost"]) > 0
     assert "simulator" not in json.dumps(headers)
