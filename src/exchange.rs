@@ -4,13 +4,13 @@
 //! carries out the [`Command`]s it returns.
 
 use crate::config::Algorithm;
-use crate::config::{ModelId, ReplyModelName, RouterId, Secret, Target};
+use crate::config::{routing, ModelId, ReplyModelName, RouterId, Secret, Target};
 use crate::gateway::Gateway;
 use crate::looper::{Answer, CallId, CallResult, Looper, LooperCommand, LooperEvent};
 use crate::metrics::{Global, MetricId};
 use crate::model_scan::{ModelScanner, Scan};
 use crate::openai::{models, sse, ApiError, ChatRequest, FinalCompletion};
-use crate::router::Route;
+use crate::router::{Route, Router};
 use crate::time::Millis;
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -20,8 +20,6 @@ pub const MODELS_PATH: &str = "/v1/models";
 /// Request header with which a client asks for `looper_trace` (honoured only when the
 /// operator allows traces).
 pub const TRACE_HEADER: &str = "x-looper-trace";
-/// Longer values of a routing header count as absent.
-const MAX_SIGNAL_HEADER_VALUE: usize = 256;
 
 /// What the adapter returns to the host from a request callback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,6 +144,17 @@ impl Exchange {
         self.replied
     }
 
+    /// How the router chose the running request's recipe, when it was routed.
+    pub fn route(&self) -> Option<(&Router, &Route)> {
+        match &self.state {
+            State::Running(running) => {
+                let (id, route) = running.route.as_ref()?;
+                Some((self.gateway.config().router(*id)?, route))
+            }
+            _ => None,
+        }
+    }
+
     /// The looper of a running request (for tests and traces).
     pub fn looper(&self) -> Option<&Looper> {
         match &self.state {
@@ -170,7 +179,7 @@ impl Exchange {
             .iter()
             .map(|value| {
                 let value = std::str::from_utf8(value.as_deref()?.trim_ascii()).ok()?;
-                (value.len() <= MAX_SIGNAL_HEADER_VALUE).then(|| value.to_string())
+                (value.len() <= routing::bounds::MAX_HEADER_VALUE).then(|| value.to_string())
             })
             .collect();
         let path = path_only(head.path);
@@ -332,9 +341,6 @@ impl Exchange {
             Some(Target::Recipe(id)) => Some(id),
             Some(Target::Router(router_id)) => config.router(router_id).and_then(|router| {
                 let decided = router.route(&request, &self.signal_headers)?;
-                if let Some(id) = metrics.decision(router_id, decided.decision) {
-                    self.commands.push_back(Command::Count(id));
-                }
                 let recipe = decided.recipe;
                 route = Some((router_id, decided));
                 Some(recipe)
@@ -348,6 +354,12 @@ impl Exchange {
         if let Err(err) = supports(&recipe.algorithm, &request) {
             self.reply_error(&err);
             return Flow::Pause;
+        }
+        if let Some(id) = route
+            .as_ref()
+            .and_then(|(router, decided)| metrics.decision(*router, decided.decision))
+        {
+            self.commands.push_back(Command::Count(id));
         }
         self.commands
             .push_back(Command::Count(metrics.global(Global::Requests)));

@@ -5,7 +5,7 @@
 
 mod reader;
 mod recipe;
-mod routing;
+pub mod routing;
 
 use crate::router::Router;
 pub use reader::ConfigError;

@@ -5,7 +5,7 @@ use super::reader::{ConfigError, ConfigResult, Node, Object};
 use super::{is_valid_name, named, RecipeId};
 use crate::router::{
     Band, Condition, Decision, Detector, KeywordGroup, LengthUnit, Measure, Parameter, Projection,
-    Router, Scope, Signal, SignalKind, Term,
+    Router, Scope, Signal, SignalKind, Term, MAX_VALUE,
 };
 use aho_corasick::{AhoCorasick, AhoCorasickKind};
 use regex::RegexBuilder;
@@ -17,6 +17,11 @@ pub mod bounds {
     pub const MAX_SIGNALS: usize = 128;
     pub const MAX_KEYWORDS_PER_SIGNAL: usize = 1000;
     pub const MAX_KEYWORD_LEN: usize = 256;
+    /// All keywords of one router together, in bytes: bounds the automata's memory.
+    pub const MAX_KEYWORD_BYTES: usize = 256 * 1024;
+    /// Keyword groups up to this size get a DFA (fastest, largest); bigger ones let the
+    /// crate choose a more compact automaton.
+    pub const DFA_KEYWORD_BYTES: usize = 32 * 1024;
     pub const MAX_PATTERN_LEN: usize = 1024;
     /// Compiled size of one regular expression (the `regex` crate's own limit is 10 MiB).
     pub const MAX_REGEX_BYTES: usize = 1 << 20;
@@ -137,6 +142,17 @@ fn parse_signals(
             min,
             max,
         });
+    }
+    let keyword_bytes: usize = pending
+        .iter()
+        .flat_map(|p| &p.keywords)
+        .map(String::len)
+        .sum();
+    if keyword_bytes > bounds::MAX_KEYWORD_BYTES {
+        return Err(field.error(format!(
+            "keyword lists hold {keyword_bytes} bytes; at most {} per router",
+            bounds::MAX_KEYWORD_BYTES
+        )));
     }
     let groups = build_keyword_groups(field, pending)?;
     Ok((signals, groups))
@@ -437,16 +453,13 @@ fn parse_projections(
             let signal = *signals.get(signal_name).ok_or_else(|| {
                 w.error(format!("unknown signal `{signal_name}` (not in `signals`)"))
             })?;
-            let term = match w.number(-1e6, 1e6) {
-                Ok(weight) => Term {
+            let term = match w.object() {
+                Err(_) => Term {
                     signal,
-                    weight,
+                    weight: w.number(-1e6, 1e6)?,
                     value_cap: None,
                 },
-                Err(_) => {
-                    let t = w.object().map_err(|_| {
-                        w.error("must be a number or {\"weight\", \"of\": \"value\", \"cap\"}")
-                    })?;
+                Ok(t) => {
                     t.deny_unknown(&["weight", "of", "cap"])?;
                     let weight = t.required("weight")?.number(-1e6, 1e6)?;
                     let of_value = match t.opt_string("of")?.unwrap_or("fired") {
@@ -459,16 +472,14 @@ fn parse_projections(
                             ))
                         }
                     };
-                    if t.field("cap").is_some() && !of_value {
+                    let cap = t.opt_number("cap", 0.0, MAX_VALUE)?;
+                    if cap.is_some() && !of_value {
                         return Err(t.error("`cap` applies only with \"of\": \"value\""));
                     }
                     Term {
                         signal,
                         weight,
-                        value_cap: of_value
-                            .then(|| t.opt_number("cap", 0.0, 1e15))
-                            .transpose()?
-                            .map(|cap| cap.unwrap_or(f64::MAX)),
+                        value_cap: of_value.then_some(cap.unwrap_or(MAX_VALUE)),
                     }
                 }
             };

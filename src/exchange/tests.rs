@@ -823,6 +823,10 @@ fn a_routed_recipe_still_refuses_what_it_cannot_serve() {
         "virtual_models": {"vllm-sr/auto": {"router": "auto"}}
     }));
     let (_, d) = post_with_headers(&gw, &chat("vllm-sr/auto", json!({"n": 2})), &[]);
+    assert!(
+        !d.counts.iter().any(|c| c.contains("decision")),
+        "a refused request is not counted as routed"
+    );
     let (status, _, body) = d.reply.unwrap();
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("`n` must be 1"));

@@ -9,6 +9,7 @@ mod text;
 
 pub use signals::{
     KeywordGroup, LengthUnit, Measure, Parameter, Signal, SignalKind, MAX_REGEX_MATCHES,
+    MAX_REGEX_TEXT, MAX_VALUE,
 };
 pub use structure::Detector;
 pub use text::{estimate_tokens, Scope};
@@ -45,7 +46,10 @@ impl Projection {
         self.terms
             .iter()
             .map(|t| match t.value_cap {
-                Some(cap) => t.weight * values.get(t.signal).copied().unwrap_or(0.0).min(cap),
+                Some(cap) => {
+                    let value = values.get(t.signal).copied().unwrap_or(0.0);
+                    t.weight * value.clamp(-MAX_VALUE, MAX_VALUE).min(cap)
+                }
                 None if fired.get(t.signal).copied().unwrap_or(false) => t.weight,
                 None => 0.0,
             })

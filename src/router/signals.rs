@@ -3,7 +3,7 @@
 //! Aho–Corasick automaton, so the keywords cost one pass over the text, whatever their number.
 
 use super::structure::{Detector, Shape};
-use super::text::{estimate_tokens, RequestText, Scope};
+use super::text::{estimate_tokens, is_whole_word, RequestText, Scope};
 use crate::openai::ChatRequest;
 use aho_corasick::AhoCorasick;
 use regex::Regex;
@@ -11,7 +11,11 @@ use serde_json::Value;
 use std::cell::OnceCell;
 
 /// Regular expression matches are counted up to this many (enough for any threshold).
-pub const MAX_REGEX_MATCHES: usize = 1000;
+pub const MAX_REGEX_MATCHES: usize = 100;
+/// Regular expressions read at most this much of their scope's text. Finding each next match
+/// may rescan the rest of the text, so counting matches costs up to matches × text: this
+/// bound keeps the worst case of any pattern to a few milliseconds.
+pub const MAX_REGEX_TEXT: usize = 64 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LengthUnit {
@@ -49,6 +53,8 @@ pub enum Parameter {
     TopP,
     ReasoningEffort,
     Stream,
+    /// Number of choices asked for.
+    N,
 }
 
 impl Parameter {
@@ -58,6 +64,7 @@ impl Parameter {
         "top_p",
         "reasoning_effort",
         "stream",
+        "n",
     ];
 
     pub fn parse(name: &str) -> Option<Parameter> {
@@ -67,6 +74,7 @@ impl Parameter {
             "top_p" => Parameter::TopP,
             "reasoning_effort" => Parameter::ReasoningEffort,
             "stream" => Parameter::Stream,
+            "n" => Parameter::N,
             _ => return None,
         })
     }
@@ -79,6 +87,7 @@ impl Parameter {
             Parameter::TopP => field("top_p"),
             Parameter::ReasoningEffort => field("reasoning_effort"),
             Parameter::Stream => field("stream"),
+            Parameter::N => field("n"),
         }
     }
 }
@@ -168,13 +177,11 @@ pub fn evaluate(
     for (signal, value) in signals.iter().zip(values.iter_mut()) {
         let (v, fires) = match &signal.kind {
             SignalKind::Keywords => (*value, None),
-            SignalKind::Regex { regex, scope } => (
-                regex
-                    .find_iter(text.get(*scope))
-                    .take(MAX_REGEX_MATCHES)
-                    .count() as f64,
-                None,
-            ),
+            SignalKind::Regex { regex, scope } => {
+                let haystack = prefix(text.get(*scope), MAX_REGEX_TEXT);
+                let matches = regex.find_iter(haystack).take(MAX_REGEX_MATCHES).count();
+                (matches as f64, None)
+            }
             SignalKind::Length { unit, scope } => {
                 let t = text.get(*scope);
                 let n = match unit {
@@ -184,7 +191,7 @@ pub fn evaluate(
                 (n as f64, None)
             }
             SignalKind::Structure { detector, scope } => {
-                let shape = shapes.get(scope.index()).map(|cell| {
+                let shape = shapes.get(text.alias(*scope).index()).map(|cell| {
                     cell.get_or_init(|| Shape::scan(text.get(*scope), text.lowercase(*scope)))
                 });
                 let format = request.field("response_format");
@@ -220,11 +227,13 @@ fn parameter_signal(
         return (0.0, Some(false));
     };
     if let Some(allowed) = allowed {
-        let text = match value {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        let hit = allowed.contains(&text);
+        // Numbers compare as numbers (`values: ["0"]` matches `0.0`), the rest as text.
+        let hit = allowed.iter().any(|a| match value {
+            Value::String(s) => a == s,
+            Value::Number(n) => a.parse::<f64>().ok() == n.as_f64(),
+            Value::Bool(b) => a == if *b { "true" } else { "false" },
+            _ => false,
+        });
         return (if hit { 1.0 } else { 0.0 }, Some(hit));
     }
     let number = match value {
@@ -233,24 +242,41 @@ fn parameter_signal(
         _ => None,
     };
     match number {
-        Some(n) => (n, Some(signal.min <= n && n <= signal.max)),
+        Some(n) => {
+            let n = n.clamp(-MAX_VALUE, MAX_VALUE);
+            (n, Some(signal.min <= n && n <= signal.max))
+        }
         None => (0.0, Some(false)),
     }
 }
 
+/// Signal values are clamped to ±this, so weighted sums stay finite.
+pub const MAX_VALUE: f64 = 1e12;
+
+/// At most `max` bytes of `text`, cut on a character boundary.
+fn prefix(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or_default()
+}
+
 fn conversation(measure: Measure, text: &RequestText<'_>, request: &ChatRequest) -> f64 {
-    let role = |m: &Value| m.get("role").and_then(Value::as_str).map(str::to_string);
+    fn role(m: &Value) -> Option<&str> {
+        m.get("role").and_then(Value::as_str)
+    }
     let messages = text.messages();
     let n = match measure {
-        Measure::UserTurns => messages
-            .iter()
-            .filter(|m| role(m).as_deref() == Some("user"))
-            .count(),
+        Measure::UserTurns => messages.iter().filter(|m| role(m) == Some("user")).count(),
         Measure::Messages => messages.len(),
         Measure::SystemPrompt => usize::from(
             messages
                 .iter()
-                .any(|m| matches!(role(m).as_deref(), Some("system" | "developer"))),
+                .any(|m| matches!(role(m), Some("system" | "developer"))),
         ),
         Measure::Tools => {
             let count = |name| {
@@ -263,12 +289,4 @@ fn conversation(measure: Measure, text: &RequestText<'_>, request: &ChatRequest)
         }
     };
     n as f64
-}
-
-/// Neither neighbour of the match is a letter, digit or `_`.
-fn is_whole_word(haystack: &str, start: usize, end: usize) -> bool {
-    let word = |c: char| c.is_alphanumeric() || c == '_';
-    let before = haystack.get(..start).and_then(|s| s.chars().next_back());
-    let after = haystack.get(end..).and_then(|s| s.chars().next());
-    !before.is_some_and(word) && !after.is_some_and(word)
 }

@@ -1,6 +1,7 @@
 //! Structure detectors: what shape of task a request is, read from its text with linear scans
 //! (no regular expressions, so a megabyte of input costs one pass per detector).
 
+use super::text::is_whole_word;
 use aho_corasick::AhoCorasick;
 use serde_json::Value;
 use std::sync::OnceLock;
@@ -157,7 +158,7 @@ impl Shape {
                 let Some(&(_, bit)) = PHRASES.get(m.pattern().as_usize()) else {
                     continue;
                 };
-                if bit == JSON && !whole_word(lower, m.start(), m.end()) {
+                if bit == JSON && !is_whole_word(lower, m.start(), m.end()) {
                     continue;
                 }
                 shape.phrases |= bit;
@@ -216,26 +217,34 @@ fn json_format(response_format: Option<&Value>) -> bool {
     matches!(format, Some("json_object" | "json_schema"))
 }
 
-fn whole_word(text: &str, start: usize, end: usize) -> bool {
-    let before = text.get(..start).and_then(|s| s.chars().next_back());
-    let after = text.get(end..).and_then(|s| s.chars().next());
-    !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
-}
-
 /// Number of options labelled in sequence from `A` (or `a`); fewer than two is no list.
 ///
-/// A label is a letter A-J followed by `)` or `:` after whitespace, `(X)` where a word may
-/// start, or `X.` at the start of a line (prose has "plan A. Then").
+/// At the start of a line a label is `A)`, `(A)`, `A.` or `A:` in either case. Inside a line
+/// only upper-case `A)` and `(A)` count: lower-case `(a) (b) (c)`, `Plan A: ... Plan B:` and
+/// "plan A. Then" are how prose enumerates parts of one question, not options.
 pub fn multiple_choice_options(text: &str) -> u32 {
     let bytes = text.as_bytes();
     let mut upper = 0u32;
     let mut lower = 0u32;
     let at = |i: Option<usize>| i.and_then(|i| bytes.get(i)).copied();
+    let starts_line = |pos: usize| {
+        let before = bytes.get(..pos).unwrap_or_default();
+        let indent = before
+            .iter()
+            .rev()
+            .take_while(|b| matches!(b, b' ' | b'\t'))
+            .count();
+        let start = before.len() - indent;
+        start == 0 || before.get(start - 1) == Some(&b'\n')
+    };
     for (p, &punct) in bytes.iter().enumerate() {
         if !matches!(punct, b')' | b':' | b'.') {
             continue;
         }
-        let Some(letter) = at(p.checked_sub(1)) else {
+        let Some(letter_at) = p.checked_sub(1) else {
+            continue;
+        };
+        let Some(letter) = at(Some(letter_at)) else {
             continue;
         };
         if !matches!(letter, b'A'..=b'J' | b'a'..=b'j') {
@@ -244,22 +253,18 @@ pub fn multiple_choice_options(text: &str) -> u32 {
         if !at(Some(p + 1)).is_none_or(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
             continue;
         }
-        let before = at(p.checked_sub(2));
-        let labelled = match (before, punct) {
-            (Some(b'('), b')') => !at(p.checked_sub(3)).is_some_and(|b| b.is_ascii_alphanumeric()),
-            (None, b')' | b':') => true,
-            (Some(b' ' | b'\t' | b'\n' | b'\r'), b')' | b':') => true,
-            (_, b'.') => {
-                let line_before = bytes.get(..p.saturating_sub(1)).unwrap_or_default();
-                let indent = line_before
-                    .iter()
-                    .rev()
-                    .take_while(|b| matches!(b, b' ' | b'\t'))
-                    .count();
-                let start = line_before.len() - indent;
-                start == 0 || line_before.get(start - 1) == Some(&b'\n')
-            }
-            _ => false,
+        let parenthesised = punct == b')' && at(p.checked_sub(2)) == Some(b'(');
+        let label_start = if parenthesised { p - 2 } else { letter_at };
+        let labelled = if starts_line(label_start) {
+            !(punct != b')' && parenthesised)
+        } else {
+            let before = label_start
+                .checked_sub(1)
+                .and_then(|i| bytes.get(i))
+                .copied();
+            letter.is_ascii_uppercase()
+                && punct == b')'
+                && before.is_none_or(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b':'))
         };
         if labelled {
             let bit = 1u32 << (letter.to_ascii_lowercase() - b'a');
@@ -300,7 +305,7 @@ const MATH_SYMBOLS: &[&[u8]] = &[
 ];
 
 /// Counts math markers: LaTeX commands, `$` delimiters, powers (`x^2`), math symbols and
-/// arithmetic between digits (`3 + 4`, `12*7`).
+/// arithmetic between digits (`3 + 4`, `12*7`, `2 = 2`).
 pub fn math_markers(text: &str) -> u32 {
     let bytes = text.as_bytes();
     let mut count = 0u32;
@@ -326,7 +331,8 @@ pub fn math_markers(text: &str) -> u32 {
                     count += 1;
                 }
             }
-            b'+' | b'*' | b'/' | b'=' if digit_around(bytes, i) => count += 1,
+            // Not `/`: dates (12/25/2024) are not arithmetic.
+            b'+' | b'*' | b'=' if digit_around(bytes, i) => count += 1,
             0xC3 | 0xCF | 0xE2 => {
                 let rest = bytes.get(i..).unwrap_or_default();
                 if MATH_SYMBOLS.iter().any(|s| rest.starts_with(s)) {
@@ -367,6 +373,20 @@ mod tests {
             4
         );
         assert_eq!(multiple_choice_options("Pick: (A) x (B) y (C) z"), 3);
+        assert_eq!(multiple_choice_options("Pick one: A) x B) y C) z"), 3);
+        assert_eq!(multiple_choice_options("(a) x\n(b) y\n(c) z"), 3);
+        assert_eq!(
+            multiple_choice_options("(a) Show f is convex. (b) Find it. (c) Plot it."),
+            0
+        );
+        assert_eq!(
+            multiple_choice_options("Plan A: go. Plan B: stay. Plan C: wait."),
+            0
+        );
+        assert_eq!(
+            multiple_choice_options("you should: a) read, b) write, c) run"),
+            0
+        );
         assert_eq!(multiple_choice_options("A. red\nB. blue\n  C. green"), 3);
         assert_eq!(multiple_choice_options("a) x\nb) y"), 2);
         assert_eq!(multiple_choice_options("A: yes\nB: no\nC: maybe"), 3);
@@ -429,6 +449,7 @@ mod tests {
         assert_eq!(math_markers("hello world"), 0);
         assert_eq!(math_markers("Let $x^2 + 1 = 10$, find \\frac{1}{x}"), 5);
         assert_eq!(math_markers("What is 12*7?"), 1);
+        assert_eq!(math_markers("can we meet on 12/25/2024?"), 0);
         assert_eq!(math_markers("√2 ≈ 1.414 × π"), 4);
         assert_eq!(math_markers("café, naïve, über"), 0);
         assert_eq!(math_markers("\\unknowncommand"), 0);

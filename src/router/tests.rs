@@ -432,28 +432,42 @@ fn virtual_models_name_a_recipe_or_a_router() {
 }
 
 #[test]
-fn routing_a_huge_request_reads_it_once_per_scope() {
+fn keywords_read_the_whole_text_and_regexes_a_bounded_prefix() {
     let config = router_config(
         json!({
             "k": {"type": "keywords", "keywords": ["needle"]},
             "r": {"type": "regex", "pattern": "needle"},
-            "m": {"type": "structure", "detect": "math"}
+            "greedy": {"type": "regex", "pattern": "a+b|a"}
         }),
         json!({}),
         catch_all(),
     );
-    let text = "hay ".repeat(250_000) + "needle";
-    let req = user(&text);
-    assert_eq!(value_of(&config, &req, "k"), 1.0);
-    assert_eq!(value_of(&config, &req, "r"), 1.0);
+    let late = user(&("hay ".repeat(250_000) + "needle"));
+    assert_eq!(value_of(&config, &late, "k"), 1.0);
+    assert_eq!(value_of(&config, &late, "r"), 0.0, "past the regex prefix");
+    let early = user(&("needle ".to_string() + &"hay ".repeat(250_000)));
+    assert_eq!(value_of(&config, &early, "r"), 1.0);
+    // Each match of `a+b|a` rescans the rest of the text; the prefix and the match cap keep
+    // that bounded.
+    let greedy = user(&"a".repeat(1 << 20));
+    assert_eq!(
+        value_of(&config, &greedy, "greedy"),
+        crate::router::MAX_REGEX_MATCHES as f64
+    );
 }
 
 /// The probe table of the shipped configuration: every request gets the decision, recipe and
-/// signals the table expects. Headers reach the router the way the adapter passes them: only
-/// the allow-listed ones.
+/// signals the table expects. Requests go through the exchange the way the adapter feeds it:
+/// only the allow-listed headers, as raw bytes.
 #[test]
 fn shipped_probes_route_as_expected() {
+    use crate::exchange::{Flow, RequestHead};
+    use crate::gateway::Gateway;
+    use crate::time::Millis;
+
     let config = Config::from_json(include_bytes!("../../filters/auto.json"), &|_| None).unwrap();
+    let allow_listed = config.signal_headers.clone();
+    let gateway = Gateway::new(config, 1, 2);
     let probes: Value =
         serde_json::from_str(include_str!("../../integration/probes/auto.json")).unwrap();
     let probes = probes["probes"].as_array().unwrap();
@@ -476,20 +490,30 @@ fn shipped_probes_route_as_expected() {
                 .repeat(pad["times"].as_u64().unwrap() as usize);
             text = text.replace("{{PAD}}", &filler);
         }
-        let req = ChatRequest::parse(text.as_bytes()).unwrap();
-        let headers: Vec<Option<String>> = config
-            .signal_headers
+        let headers: Vec<Option<Vec<u8>>> = allow_listed
             .iter()
-            .map(|h| probe["headers"][h].as_str().map(str::to_string))
+            .map(|h| probe["headers"][h].as_str().map(|v| v.as_bytes().to_vec()))
             .collect();
-        let Target::Router(router_id) = config.virtual_model(req.model()).unwrap().target else {
-            panic!("{name}: not a router");
+        let now = Millis(1_000);
+        let mut exchange = gateway.exchange(now);
+        let head = RequestHead {
+            method: b"POST",
+            path: b"/v1/chat/completions",
+            trace: None,
+            signal_headers: &headers,
         };
-        let router = config.router(router_id).unwrap();
-        let route = router.route(&req, &headers).unwrap();
-        let decision = router.decision_name(&route);
-        let recipe = &config.recipe(route.recipe).unwrap().name;
-        let fired: Vec<&str> = router.fired_names(&route).collect();
+        assert_eq!(exchange.on_request_headers(head, false, now), Flow::Pause);
+        exchange.on_request_body(text.len(), text.as_bytes(), true, now);
+        let Some((router, route)) = exchange.route() else {
+            failures.push(format!(
+                "{name}: not routed (replied {})",
+                exchange.is_replied()
+            ));
+            continue;
+        };
+        let decision = router.decision_name(route);
+        let recipe = &gateway.config().recipe(route.recipe).unwrap().name;
+        let fired: Vec<&str> = router.fired_names(route).collect();
         let expect = &probe["expect"];
         let mut wrong = Vec::new();
         if expect["decision"] != decision {
@@ -510,7 +534,7 @@ fn shipped_probes_route_as_expected() {
         }
         if !wrong.is_empty() {
             let bands: Vec<String> = router
-                .band_names(&route)
+                .band_names(route)
                 .map(|(p, b)| format!("{p}={b}"))
                 .collect();
             failures.push(format!(
@@ -520,4 +544,50 @@ fn shipped_probes_route_as_expected() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn parameter_values_compare_numbers_as_numbers_and_scores_stay_finite() {
+    let config = router_config(
+        json!({
+            "greedy": {"type": "parameter", "name": "temperature", "values": ["0"]},
+            "choices": {"type": "parameter", "name": "n", "min": 2},
+            "budget": {"type": "parameter", "name": "max_tokens"}
+        }),
+        json!({"size": {
+            "weights": {"budget": {"weight": 1e6, "of": "value"},
+                        "greedy": {"weight": -1e6, "of": "value"}},
+            "bands": [{"name": "small", "below": 0}, {"name": "big"}]
+        }}),
+        catch_all(),
+    );
+    let req = request(json!({"model": "x/auto", "temperature": 0.0, "n": 2,
+        "max_tokens": 1e300, "messages": [{"role": "user", "content": "x"}]}));
+    let router = config.routers.first().unwrap();
+    let route = router.route(&req, &[]).unwrap();
+    let fired: Vec<&str> = router.fired_names(&route).collect();
+    assert_eq!(fired, ["budget", "choices", "greedy"]);
+    let (band, score) = route.bands[0];
+    assert!(score.is_finite(), "{score}");
+    assert_eq!(band, 1);
+}
+
+#[test]
+fn keyword_lists_and_weights_are_bounded() {
+    let many: Vec<String> = (0..1000).map(|i| format!("{i:0>255}")).collect();
+    let err = error_of(json!({"auto": {
+        "signals": {"a": {"type": "keywords", "keywords": many},
+                    "b": {"type": "keywords", "keywords": many}},
+        "decisions": catch_all()
+    }}));
+    assert_eq!(err.path, "routers.auto.signals");
+    assert!(err.message.contains("per router"), "{err}");
+    let err = error_of(json!({"auto": {
+        "signals": {"s": {"type": "keywords", "keywords": ["k"]}},
+        "projections": {"p": {"weights": {"s": 1e9},
+            "bands": [{"name": "lo", "below": 1}, {"name": "hi"}]}},
+        "decisions": catch_all()
+    }}));
+    assert_eq!(err.path, "routers.auto.projections.p.weights.s");
+    assert!(err.message.contains("between"), "{err}");
 }

@@ -96,7 +96,7 @@ impl<'a> RequestText<'a> {
     }
 
     /// With a single user turn, the last user turn is every user turn: one copy serves both.
-    fn alias(&self, scope: Scope) -> Scope {
+    pub(crate) fn alias(&self, scope: Scope) -> Scope {
         if scope == Scope::LastUser
             && *self.single_user_turn.get_or_init(|| {
                 self.messages
@@ -134,6 +134,14 @@ impl<'a> RequestText<'a> {
             .collect();
         parts.join("\n")
     }
+}
+
+/// Neither neighbour of `start..end` in `text` is a letter, digit or `_`.
+pub fn is_whole_word(text: &str, start: usize, end: usize) -> bool {
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    let before = text.get(..start).and_then(|s| s.chars().next_back());
+    let after = text.get(end..).and_then(|s| s.chars().next());
+    !before.is_some_and(word) && !after.is_some_and(word)
 }
 
 /// A rough token count without a tokenizer: about four ASCII characters per token, one token
