@@ -624,9 +624,21 @@ fn the_router_reads_only_allow_listed_headers_through_the_abi() {
     let mut vm = vm_with(&config, options());
     let cases: Vec<(Request, &str, &str)> = vec![
         (chat(json!({})), "default", "sim-medium"),
-        (chat(json!({})).header("x-tier", "free"), "free_tier", "sim-small"),
-        (chat(json!({})).header("x-tier", [0xff, 0xfe]), "default", "sim-medium"),
-        (chat(json!({})).header("x-looper-decision", "free_tier"), "default", "sim-medium"),
+        (
+            chat(json!({})).header("x-tier", "free"),
+            "free_tier",
+            "sim-small",
+        ),
+        (
+            chat(json!({})).header("x-tier", [0xff, 0xfe]),
+            "default",
+            "sim-medium",
+        ),
+        (
+            chat(json!({})).header("x-looper-decision", "free_tier"),
+            "default",
+            "sim-medium",
+        ),
     ];
     for (request, decision, model) in cases {
         let ctx = vm.send_request(request);
