@@ -14,6 +14,15 @@ For each scenario (integration/bench/scenarios/*.json) the harness:
    against the best single model, cost, calls and p50/p95 latency, closed-form theory
    references, and a cost-accuracy SVG.
 
+A scenario with `categories` draws task-shaped items (each category its share, difficulty,
+attraction and prompt templates, and optionally a simulator topic that selects the models'
+`topic_skills`) and is also reported per category, on test and on dev. A
+scenario with a `router` adds the arm `eval/auto`: the plugin's auto router with the scenario's
+decisions over the shipped signals and projections (filters/auto.json), its router-only recipes
+run as fixed arms too; the report gives the category → decision counts and auto against the
+best fixed recipe. Without a router in filters/auto.json, or with a plugin build that refuses
+one, the auto arm is skipped with a warning (`--require-auto` makes that an error).
+
 Controls (`--controls`, on by default) check that the benchmark cannot be passed by tuning: an
 all-random pool scores 1/K, clones of one deterministic model cannot beat it, scaling prices by c
 scales cost by c, and renaming models or permuting options leaves accuracy unchanged.
@@ -36,7 +45,9 @@ from conftest import ROOT, Stack  # noqa: E402
 HERE = Path(__file__).resolve().parent
 SCENARIOS = HERE / "scenarios"
 RESULTS = ROOT / "results"
+SHIPPED = ROOT / "filters" / "auto.json"
 LETTERS = "ABCDEFGHIJ"
+AUTO = "eval/auto"
 
 
 # ---------------------------------------------------------------------------------- statistics
@@ -111,6 +122,8 @@ def weighted_vote_binary(ps):
 # ---------------------------------------------------------------------------------- item bank
 
 def make_bank(scenario, n, seed, prefix, permute=True):
+    if "categories" in scenario:
+        return make_category_bank(scenario, n, seed, prefix, permute)
     rng = random.Random(seed)
     k = scenario.get("options", 4)
     exact_share = scenario.get("exact_share", 0.0)
@@ -140,6 +153,109 @@ def make_bank(scenario, n, seed, prefix, permute=True):
             prompt = f"Question {tag}: choose the correct option. {listing} [item:{tag}]"
         items.append({"tag": tag, "entry": entry, "prompt": prompt})
     return items
+
+
+PLACEHOLDER = re.compile(r"\{(tag|options|n[1-9])\}")
+
+
+def fill(template, values):
+    """Fills `{tag}`, `{options}` and `{n1}`..`{n9}` only, so LaTeX braces stay as written
+    (`\\frac{{n1}}{{n2}}` becomes `\\frac{7}{12}`)."""
+    return PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def make_category_bank(scenario, n, seed, prefix, permute=True):
+    """Task-shaped items: each draws a category by share, its difficulty and attraction from
+    the category and its prompt from one of the category's templates. A template is a string
+    or `{"text": ..., "options": [...]}` (option texts for `{options}`; else the category's
+    `option_texts`, else "option 1".."option K"). The hidden numbers `{n1}`..`{n9}` are
+    cosmetic: the key lives in the bank, as for every item. A category with `"topic": true`
+    gives its items the simulator topic of its own name, `"topic": "<name>"` that topic (which
+    selects each model's `topic_skills`); without it items have no topic (and the bank is
+    byte-identical to one built before topics existed)."""
+    rng = random.Random(seed)
+    k = scenario.get("options", 4)
+    categories = scenario["categories"]
+    names = list(categories)
+    total = sum(c["share"] for c in categories.values())
+    topics = {name: category_topic(name, cat) for name, cat in categories.items()}
+    for name, cat in categories.items():
+        for t in cat["templates"]:
+            text = t if isinstance(t, str) else t["text"]
+            if "[item:{tag}]" not in text or (cat["kind"] == "mc") != ("{options}" in text):
+                raise ValueError(f"category {name}: every template needs `[item:{{tag}}]`, "
+                                 f"and `{{options}}` exactly when the kind is mc: {text!r}")
+    items = []
+    for i in range(n):
+        tag = f"{prefix}{rng.getrandbits(48):012x}"
+        u = rng.random() * total
+        name = names[-1]
+        for candidate in names:
+            u -= categories[candidate]["share"]
+            if u < 0:
+                name = candidate
+                break
+        cat = categories[name]
+        diff = cat.get("difficulty", scenario.get("difficulty", {"mean": 0.0, "sd": 1.0}))
+        difficulty = rng.gauss(diff["mean"], diff["sd"])
+        attraction = cat.get("attraction", scenario.get("attraction", 0.0))
+        template = rng.choice(cat["templates"])
+        text = template if isinstance(template, str) else template["text"]
+        values = {"tag": tag, **{f"n{j}": str(rng.randint(2, 19)) for j in range(1, 10)}}
+        if cat["kind"] == "exact":
+            key = str(rng.randint(2, 999))
+            distractor = str(int(key) + rng.choice([-1, 1, 10]))
+            entry = {"kind": "exact", "key": key, "difficulty": difficulty,
+                     "distractor": distractor, "attraction": attraction, "category": name}
+        else:
+            kk = cat.get("options", k)
+            letters = LETTERS[:kk]
+            pool = (template.get("options") if isinstance(template, dict) else None) \
+                or cat.get("option_texts") or [f"option {j + 1}" for j in range(kk)]
+            texts = rng.sample(pool, kk) if len(pool) >= kk else \
+                pool + [f"option {j + 1}" for j in range(len(pool), kk)]
+            if not permute:
+                texts = sorted(texts)
+            key = rng.choice(letters)
+            distractor = rng.choice([o for o in letters if o != key])
+            entry = {"kind": "mc", "options": letters, "key": key, "difficulty": difficulty,
+                     "distractor": distractor, "attraction": attraction, "category": name}
+            # Labels in order on their own lines, as real multiple-choice prompts list them.
+            values["options"] = "\n".join(f"{o}) {t}" for o, t in zip(letters, texts))
+        if topics[name] is not None:
+            entry["topic"] = topics[name]
+        items.append({"tag": tag, "entry": entry, "prompt": fill(text, values)})
+    return items
+
+
+TOPIC = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def category_topic(name, cat):
+    """The simulator topic of a category's items: its own name for `"topic": true`, the given
+    name for a string, none when absent or false."""
+    topic = cat.get("topic", False)
+    if topic is True:
+        topic = name
+    if topic is False or topic is None:
+        return None
+    if not isinstance(topic, str) or not TOPIC.fullmatch(topic):
+        raise ValueError(f"category {name}: `topic` must be true, false or 1 to 64 of "
+                         f"A-Z a-z 0-9 _ - (as the simulator's topics): {topic!r}")
+    return topic
+
+
+SIM_FIELDS = ("kind", "options", "key", "difficulty", "distractor", "attraction", "topic")
+
+
+def write_bank(path, items):
+    """The simulator's item bank (it refuses unknown fields such as `category`)."""
+    path.write_text(json.dumps({"items": {
+        it["tag"]: {k: v for k, v in it["entry"].items() if k in SIM_FIELDS} for it in items}}))
+
+
+def category_of(item):
+    return item["entry"].get("category")
 
 
 ANSWER = re.compile(r"ANSWER:\s*\**\(?([^\n]*)", re.IGNORECASE)
@@ -180,7 +296,46 @@ def contract_of(recipes):
     return {"type": "exact"}
 
 
-def plugin_config(scenario, recipes, price_scale=1.0, rename=None):
+def scenario_recipes(scenario):
+    """The fixed recipes, then the recipes only the router uses (every one of them is also run
+    as its own arm, so the auto arm is compared with each recipe it can pick)."""
+    recipes = copy.deepcopy(scenario["recipes"])
+    extra = (scenario.get("router") or {}).get("recipes", {})
+    clash = set(recipes) & set(extra)
+    if clash:
+        raise SystemExit(f"router recipes {sorted(clash)} are also fixed recipes")
+    recipes.update(copy.deepcopy(extra))
+    return recipes
+
+
+class RouterUnavailable(Exception):
+    pass
+
+
+def router_config(scenario, recipe_names):
+    """`routers.auto` for the plugin: the scenario's decisions, with its own signals and
+    projections or else the shipped ones (filters/auto.json), so the benchmark exercises the
+    router operators deploy. Raises RouterUnavailable when neither exists."""
+    spec = scenario.get("router")
+    if not spec:
+        return None
+    signals, projections = spec.get("signals"), spec.get("projections")
+    if signals is None or projections is None:
+        shipped = json.loads(SHIPPED.read_text()).get("routers", {}).get("auto")
+        if not shipped:
+            raise RouterUnavailable(
+                f"{SHIPPED.relative_to(ROOT)} has no `routers.auto` (signals and projections) "
+                f"and the scenario defines none, so there is no router to measure")
+        signals = shipped.get("signals", {}) if signals is None else signals
+        projections = shipped.get("projections", {}) if projections is None else projections
+    unknown = sorted({d["recipe"] for d in spec["decisions"]} - set(recipe_names))
+    if unknown:
+        raise SystemExit(f"router decisions name unknown recipes {unknown}")
+    return {"signals": signals, "projections": projections,
+            "decisions": copy.deepcopy(spec["decisions"])}
+
+
+def plugin_config(scenario, recipes, price_scale=1.0, rename=None, router=None):
     rename = rename or {}
     models = {}
     for name, sim_model in scenario["sim"]["models"].items():
@@ -195,15 +350,15 @@ def plugin_config(scenario, recipes, price_scale=1.0, rename=None):
                       "output_per_million": price["output_per_million"] * price_scale},
         }
     recipes = {name: rename_recipe(r, rename) for name, r in recipes.items()}
-    # Each model alone, through the plugin with the same output contract as the recipes, so
-    # single models and patterns get the same instructions and are priced alike.
-    contract = contract_of(recipes)
+    # Each model alone, through the plugin with the same output contract as the fixed recipes,
+    # so single models and patterns get the same instructions and are priced alike.
+    contract = contract_of(scenario["recipes"])
     virtual = {f"eval/{name}": {"recipe": name} for name in recipes}
     for alias in models:
         recipes[f"single-{alias}"] = {"algorithm": "single", "models": [alias],
                                        "contract": contract}
         virtual[alias] = {"recipe": f"single-{alias}"}
-    return {
+    config = {
         "models": models,
         "recipes": recipes,
         "virtual_models": virtual,
@@ -211,6 +366,10 @@ def plugin_config(scenario, recipes, price_scale=1.0, rename=None):
         "limits": {"max_body_bytes": 1048576, "request_deadline_ms": 120000},
         "trace": {"allow": True},
     }
+    if router is not None:
+        config["routers"] = {"auto": router}
+        virtual[AUTO] = {"router": "auto"}
+    return config
 
 
 # ------------------------------------------------------------------------------------- running
@@ -243,6 +402,9 @@ def ask(stack, arm, item, trace=False):
         "calls": int(h.get("x-looper-calls", "1")),
         "abandoned": int(h.get("x-looper-abandoned-calls", "0")),
         "escalated": escalated(reply.get("looper_trace")),
+        "decision": h.get("x-looper-decision"),
+        "recipe": h.get("x-looper-recipe"),
+        "signals": [x.strip() for x in h.get("x-looper-signals", "").split(",") if x.strip()],
     }
 
 
@@ -270,39 +432,70 @@ def sim_reset(stack):
 
 
 def run_arm(stack, arm, items, prices, workers, trace=None):
+    """Runs the items, one category after another (a single group without categories), so
+    each category's cost comes from the simulator's own per-model counters. Returns the
+    results, the total cost, the usage mismatches and the cost per category."""
     trace = arm.kind == "recipe" if trace is None else trace
-    stack.sim_stats()  # settle: nothing of the previous arm still in flight
-    sim_reset(stack)
+    groups = {}
+    for i, item in enumerate(items):
+        groups.setdefault(category_of(item), []).append(i)
     results = [None] * len(items)
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        futures = {pool.submit(ask, stack, arm, item, trace): i for i, item in enumerate(items)}
-        for f in concurrent.futures.as_completed(futures):
-            results[futures[f]] = f.result()
-    stats = stack.sim_stats()
-    usage = sim_get(stack, "/sim/usage").get("items", {})
-    cost = 0.0
-    for model, m in stats["models"].items():
-        price = prices.get(model)
-        if price:
-            cost += (m["prompt_tokens"] * price["input_per_million"]
-                     + m["completion_tokens"] * price["output_per_million"]) / 1e6
+    costs = {}
     mismatched = 0
     unreported = 0
-    for item, r in zip(items, results):
-        served = usage.get(item["tag"], {})
-        tokens = served.get("prompt_tokens", 0) + served.get("completion_tokens", 0)
-        if r["ok"] and tokens != r["tokens"]:
-            mismatched += 1
-            unreported += tokens - r["tokens"]
-    return results, cost, mismatched, unreported
+    for category, indices in groups.items():
+        stack.sim_stats()  # settle: nothing of the previous group or arm still in flight
+        sim_reset(stack)
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            futures = {pool.submit(ask, stack, arm, items[i], trace): i for i in indices}
+            for f in concurrent.futures.as_completed(futures):
+                results[futures[f]] = f.result()
+        stats = stack.sim_stats()
+        usage = sim_get(stack, "/sim/usage").get("items", {})
+        cost = 0.0
+        for model, m in stats["models"].items():
+            price = prices.get(model)
+            if price:
+                cost += (m["prompt_tokens"] * price["input_per_million"]
+                         + m["completion_tokens"] * price["output_per_million"]) / 1e6
+        costs[category] = cost
+        for i in indices:
+            item, r = items[i], results[i]
+            served = usage.get(item["tag"], {})
+            tokens = served.get("prompt_tokens", 0) + served.get("completion_tokens", 0)
+            if r["ok"] and tokens != r["tokens"]:
+                mismatched += 1
+                unreported += tokens - r["tokens"]
+    return results, sum(costs.values()), mismatched, unreported, costs
 
 
-def summarize(arm, results, cost, mismatched, unreported, n):
+def summarize(arm, results, cost, mismatched, unreported, n, items=None, costs=None):
     ok = [r for r in results if r["ok"]]
     correct = [bool(r.get("correct")) for r in results]
     k = sum(correct)
     lo, hi = wilson(k, n)
     latencies = [r["latency"] for r in ok]
+    categories = {}
+    decisions = {}
+    signals = {}
+    if items and any(category_of(it) for it in items):
+        for it, c in zip(items, correct):
+            cell = categories.setdefault(category_of(it), {"n": 0, "correct": 0})
+            cell["n"] += 1
+            cell["correct"] += c
+        for name, cell in categories.items():
+            cell["accuracy"] = cell["correct"] / cell["n"]
+            cell["ci"] = list(wilson(cell["correct"], cell["n"]))
+            cell["cost_per_item"] = (costs or {}).get(name, 0.0) / cell["n"]
+    if any(r.get("decision") for r in results):
+        for it, r in zip(items or [{}] * len(results), results):
+            category = category_of(it) if it else None
+            per = decisions.setdefault(category, {})
+            d = r.get("decision") or ("(error)" if not r["ok"] else "(none)")
+            per[d] = per.get(d, 0) + 1
+            fired = signals.setdefault(category, {})
+            for name in r.get("signals") or []:
+                fired[name] = fired.get(name, 0) + 1
     return {
         "arm": arm.name, "kind": arm.kind, "accuracy": k / n, "ci": [lo, hi],
         "correct": correct, "cost_per_item": cost / n,
@@ -313,6 +506,9 @@ def summarize(arm, results, cost, mismatched, unreported, n):
         "abandoned": sum(r.get("abandoned", 0) for r in ok),
         "escalated": [r.get("escalated") for r in results]
         if any(r.get("escalated") is not None for r in results) else [],
+        "categories": categories,
+        "decisions": decisions,
+        "signals": signals,
     }
 
 
@@ -325,12 +521,12 @@ def single_arms(scenario, rename=None):
 
 def tune_on_dev(scenario, dev, args, seed):
     """What an operator measures before deploying: each model's accuracy (for Ratings weights)
-    and the Confidence threshold, on items the test never uses."""
-    recipes = copy.deepcopy(scenario["recipes"])
+    and the Confidence threshold, on items the test never uses. A scenario with a router also
+    gets every arm measured per category on dev: what its decisions were chosen from."""
+    recipes = scenario_recipes(scenario)
     prices = scenario["prices"]
-    bank = {it["tag"]: it["entry"] for it in dev}
     bank_path = Path(args.work) / f"dev-{seed}.json"
-    bank_path.write_text(json.dumps({"items": bank}))
+    write_bank(bank_path, dev)
     stack = Stack(plugin_config=plugin_config(scenario, clean(recipes)),
                   sim_config=sim_config(scenario, seed), sim_args=["--items", str(bank_path)],
                   concurrency=2)
@@ -339,11 +535,15 @@ def tune_on_dev(scenario, dev, args, seed):
         accuracy = {}
         correct = {}
         call_cost = {}
+        dev_rows = []
         for arm in single_arms(scenario):
-            results, cost, _, _ = run_arm(stack, arm, dev, prices, args.workers)
+            results, cost, mismatched, unreported, costs = run_arm(
+                stack, arm, dev, prices, args.workers)
             correct[arm.name] = [bool(r.get("correct")) for r in results]
             accuracy[arm.name] = sum(correct[arm.name]) / len(dev)
             call_cost[arm.name] = cost / len(dev)
+            dev_rows.append(summarize(arm, results, cost, mismatched, unreported, len(dev),
+                                      dev, costs))
         notes.append("dev accuracy: " + ", ".join(f"{m} {a:.3f}" for m, a in accuracy.items()))
         for name, recipe in recipes.items():
             if recipe.get("algorithm") == "ratings" and recipe.get("tune") == "log_odds":
@@ -375,9 +575,22 @@ def tune_on_dev(scenario, dev, args, seed):
                 notes.append(f"{name}: threshold {best[0]:.2f} chosen on dev: dev accuracy "
                              f"{best[1]:.3f} ({best[1] / accuracy[strong]:.1%} of {strong}) at "
                              f"{best[2]:.2f} of its cost (budget {budget:.2f})")
-        return clean(recipes), accuracy, notes
     finally:
         stack.close()
+    if scenario.get("router"):
+        stack = Stack(plugin_config=plugin_config(scenario, clean(recipes)),
+                      sim_config=sim_config(scenario, seed),
+                      sim_args=["--items", str(bank_path)], concurrency=2)
+        try:
+            for name in recipes:
+                arm = Arm(f"eval/{name}", f"eval/{name}", "recipe")
+                results, cost, mismatched, unreported, costs = run_arm(
+                    stack, arm, dev, prices, args.workers)
+                dev_rows.append(summarize(arm, results, cost, mismatched, unreported, len(dev),
+                                          dev, costs))
+        finally:
+            stack.close()
+    return clean(recipes), accuracy, notes, dev_rows
 
 
 def clean(recipes):
@@ -395,26 +608,55 @@ def run_scenario(name, scenario, args, seed, rename=None, price_scale=1.0, arms_
     n = args.items
     test = make_bank(scenario, n, seed, "t", permute=permute)
     notes = []
+    dev_rows = []
     if recipes is None:
         dev = make_bank(scenario, max(200, n // 2), seed + 1, "d", permute=permute)
-        recipes, dev_accuracy, notes = tune_on_dev(scenario, dev, args, seed + 1)
+        recipes, dev_accuracy, notes, dev_rows = tune_on_dev(scenario, dev, args, seed + 1)
     prices = {rename.get(m, m) if rename else m: p for m, p in scenario["prices"].items()}
     prices = {m: {k: v * price_scale for k, v in p.items()} for m, p in prices.items()}
     bank_path = Path(args.work) / f"test-{name}-{seed}.json"
-    bank_path.write_text(json.dumps({"items": {it["tag"]: it["entry"] for it in test}}))
-    stack = Stack(plugin_config=plugin_config(scenario, recipes, price_scale, rename),
-                  sim_config=sim_config(scenario, seed, rename),
-                  sim_args=["--items", str(bank_path)], concurrency=2)
+    write_bank(bank_path, test)
+    router = None
+    if scenario.get("router") and not rename:
+        names = set(recipes) | {f"single-{m}" for m in scenario["sim"]["models"]}
+        try:
+            router = router_config(scenario, names)
+        except RouterUnavailable as e:
+            if getattr(args, "require_auto", False):
+                raise SystemExit(f"{name}: {e}")
+            warning = f"auto arm skipped: {e}"
+            print(f"  WARNING: {name}: {warning}", flush=True)
+            notes.append(warning)
+    try:
+        stack = Stack(plugin_config=plugin_config(scenario, recipes, price_scale, rename, router),
+                      sim_config=sim_config(scenario, seed, rename),
+                      sim_args=["--items", str(bank_path)], concurrency=2)
+    except AssertionError as e:
+        # A plugin build without routers refuses the configuration: measure the rest.
+        refusal = next((line.split("looper: ", 2)[-1] for line in str(e).splitlines()
+                        if "refusing configuration" in line), None)
+        if router is None or refusal is None or getattr(args, "require_auto", False):
+            raise
+        warning = f"auto arm skipped: the plugin refused the router configuration ({refusal})"
+        print(f"  WARNING: {name}: {warning}", flush=True)
+        notes.append(warning)
+        router = None
+        stack = Stack(plugin_config=plugin_config(scenario, recipes, price_scale, rename),
+                      sim_config=sim_config(scenario, seed, rename),
+                      sim_args=["--items", str(bank_path)], concurrency=2)
     arms = single_arms(scenario, rename) + [
         Arm(f"eval/{r}", f"eval/{r}", "recipe") for r in recipes]
+    if router is not None:
+        arms.append(Arm(AUTO, AUTO, "recipe"))
     if arms_filter:
         arms = [a for a in arms if a.name in arms_filter]
     rows = []
     singles = {}
     try:
         for arm in arms:
-            results, cost, mismatched, unreported = run_arm(stack, arm, test, prices, args.workers)
-            row = summarize(arm, results, cost, mismatched, unreported, n)
+            results, cost, mismatched, unreported, costs = run_arm(
+                stack, arm, test, prices, args.workers)
+            row = summarize(arm, results, cost, mismatched, unreported, n, test, costs)
             rows.append(row)
             if arm.kind == "single":
                 singles[arm.name] = row
@@ -422,7 +664,8 @@ def run_scenario(name, scenario, args, seed, rename=None, price_scale=1.0, arms_
     finally:
         stack.close()
     return {"name": name, "seed": seed, "items": n, "rows": rows, "notes": notes,
-            "recipes": recipes, "test": test}
+            "recipes": recipes, "test": test, "dev_rows": dev_rows,
+            "dev_items": max(200, n // 2) if dev_rows else 0}
 
 
 # ------------------------------------------------------------------------------------ reporting
@@ -449,8 +692,10 @@ def theory_lines(scenario, result):
         if "ability" in cfg:
             a = cfg.get("discrimination", 1.0)
             floor = cfg.get("guess_floor", 0.0)
-            ps = [floor + (1 - floor) * sigmoid(a * (cfg["ability"] - it["entry"]["difficulty"]))
-                  for it in test]
+            skills = cfg.get("topic_skills", {})
+            ps = [floor + (1 - floor) * sigmoid(a * (
+                cfg["ability"] + skills.get(it["entry"].get("topic"), 0.0)
+                - it["entry"]["difficulty"])) for it in test]
             expected[m] = sum(ps) / len(ps)
         elif "accuracy" in cfg:
             expected[m] = cfg["accuracy"]
@@ -552,6 +797,69 @@ def table(result):
     return "\n".join(lines)
 
 
+def category_table(rows, categories):
+    """Accuracy and cost per item of every arm, one column pair per category."""
+    counts = {c: next((r["categories"][c]["n"] for r in rows if c in r["categories"]), 0)
+              for c in categories}
+    head = "| arm | " + " | ".join(f"{c} (n={counts[c]}) accuracy | {c} cost/item"
+                                   for c in categories) + " |"
+    lines = [head, "| --- |" + " --- | --- |" * len(categories)]
+    for r in rows:
+        cells = []
+        for c in categories:
+            cell = r["categories"].get(c)
+            cells.append(f"{cell['accuracy']:.3f} | {cell['cost_per_item']:.6f}" if cell
+                         else "- | -")
+        lines.append(f"| {r['arm']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def confusion_table(row, categories, decisions):
+    """Category → the router's decision (from `x-looper-decision`), in counts."""
+    seen = [d for d in decisions if any(d in row["decisions"].get(c, {}) for c in categories)]
+    extra = sorted({d for per in row["decisions"].values() for d in per} - set(decisions))
+    columns = seen + extra
+    lines = ["| category | " + " | ".join(columns) + " |",
+             "| --- |" + " --- |" * len(columns)]
+    for c in categories:
+        per = row["decisions"].get(c, {})
+        lines.append(f"| {c} | " + " | ".join(str(per.get(d, 0)) for d in columns) + " |")
+    return "\n".join(lines)
+
+
+def auto_comparison(result, categories=()):
+    """The auto arm against the most accurate fixed arm (every recipe the router can pick runs
+    as one, single models included; cost breaks ties), and against a hindsight per-category
+    choice of fixed arms on the test items (what a perfect category router would get)."""
+    rows = {r["arm"]: r for r in result["rows"]}
+    auto = rows.get(AUTO)
+    if auto is None:
+        return None
+    fixed = [r for r in result["rows"] if r["arm"] != AUTO]
+    best = max(fixed, key=lambda r: (r["accuracy"], -r["cost_per_item"]))
+    a, b, p = mcnemar(auto["correct"], best["correct"])
+    out = {"best_fixed": best["arm"], "auto_accuracy": auto["accuracy"],
+           "best_fixed_accuracy": best["accuracy"], "delta": auto["accuracy"] - best["accuracy"],
+           "wins": a, "losses": b, "p": p, "auto_cost_per_item": auto["cost_per_item"],
+           "best_fixed_cost_per_item": best["cost_per_item"],
+           "cost_ratio": auto["cost_per_item"] / best["cost_per_item"]
+           if best["cost_per_item"] else None}
+    if auto["categories"]:
+        n = sum(cell["n"] for cell in auto["categories"].values())
+        picks, k, cost = {}, 0, 0.0
+        order = [c for c in categories if c in auto["categories"]]
+        for c in order + [c for c in auto["categories"] if c not in order]:
+            r = max((r for r in fixed if c in r["categories"]),
+                    key=lambda r: (r["categories"][c]["accuracy"],
+                                   -r["categories"][c]["cost_per_item"]))
+            cell = r["categories"][c]
+            picks[c] = r["arm"]
+            k += cell["correct"]
+            cost += cell["cost_per_item"] * cell["n"]
+        out["hindsight"] = {"picks": picks, "accuracy": k / n, "cost_per_item": cost / n}
+    return out
+
+
 def svg(result):
     rows = result["rows"]
     w, h, pad = 640, 420, 60
@@ -582,7 +890,8 @@ def svg(result):
         a = lo_a + (hi_a - lo_a) * t / 5
         parts.append(f'<text x="{pad - 5}" y="{y(a) + 4}" text-anchor="end">{a:.2f}</text>')
     for r in rows:
-        colour = "#1f77b4" if r["kind"] == "single" else "#d62728"
+        colour = ("#1f77b4" if r["kind"] == "single" else
+                  "#2ca02c" if r["arm"] == AUTO else "#d62728")
         cx, cy = x(r["cost_per_item"]), y(r["accuracy"])
         parts.append(f'<line x1="{cx}" y1="{y(r["ci"][0])}" x2="{cx}" y2="{y(r["ci"][1])}" '
                      f'stroke="{colour}" stroke-opacity="0.5"/>')
@@ -594,6 +903,7 @@ def svg(result):
 
 def report(name, scenario, result, command):
     best = with_comparisons(result)
+    result["auto"] = auto_comparison(result, list(scenario.get("categories", {})))
     lines = [f"## {name}", "", scenario.get("description", ""), "",
              f"{result['items']} test items, seed {result['seed']}. Command: `{command}`", ""]
     lines += [f"- {n}" for n in result["notes"]]
@@ -601,6 +911,43 @@ def report(name, scenario, result, command):
     if best:
         lines.append(f"Best single model: {best['arm']} ({best['accuracy']:.3f}).")
     lines += [f"- {t}" for t in theory_lines(scenario, result) + cascade_lines(scenario, result)]
+    categories = list(scenario.get("categories", {}))
+    if categories:
+        lines += ["", "Per category on the test items (accuracy, cost per item):", "",
+                  category_table(result["rows"], categories)]
+    if categories and result.get("dev_rows"):
+        lines += ["", f"Per category on the dev split ({result['dev_items']} items, seed "
+                  f"{result['seed'] + 1}), which the router's decisions were chosen from:", "",
+                  category_table(result["dev_rows"], categories)]
+    auto = next((r for r in result["rows"] if r["arm"] == AUTO), None)
+    if auto is not None:
+        decisions = [d["name"] for d in scenario["router"]["decisions"]]
+        routes = ", ".join(f"{d['name']} → {d['recipe']}" for d in scenario["router"]["decisions"])
+        lines += ["", f"Auto router decisions ({routes}), category → decision counts:", ""]
+        if auto["decisions"]:
+            lines.append(confusion_table(auto, categories or [None], decisions))
+            counts = {c: sum(auto["decisions"].get(c, {}).values()) for c in categories or [None]}
+            lines += ["", "Signals fired (`x-looper-signals`), share of the category's items: " + "; ".join(
+                f"{c}: " + (", ".join(f"{s} {k / max(counts[c], 1):.0%}" for s, k in sorted(
+                    auto["signals"].get(c, {}).items(), key=lambda x: (-x[1], x[0]))) or "none")
+                for c in categories or [None]) + "."]
+        else:
+            lines.append("(no `x-looper-decision` header in the replies)")
+        cmp = result.get("auto")
+        if cmp:
+            ratio = f"{cmp['cost_ratio']:.2f}" if cmp["cost_ratio"] is not None else "n/a"
+            lines += ["", f"auto vs best fixed recipe ({cmp['best_fixed']}): "
+                      f"Δaccuracy {cmp['delta']:+.3f} ({cmp['auto_accuracy']:.3f} against "
+                      f"{cmp['best_fixed_accuracy']:.3f}), McNemar wins/losses "
+                      f"{cmp['wins']}/{cmp['losses']} p={cmp['p']:.3g}, cost ratio {ratio} "
+                      f"({cmp['auto_cost_per_item']:.6f} against "
+                      f"{cmp['best_fixed_cost_per_item']:.6f} per item)."]
+            h = cmp.get("hindsight")
+            if h:
+                lines.append(
+                    "Hindsight per-category choice of fixed arms on these test items ("
+                    + ", ".join(f"{c} → {a}" for c, a in h["picks"].items())
+                    + f"): accuracy {h['accuracy']:.3f} at {h['cost_per_item']:.6f} per item.")
     return "\n".join(lines) + "\n"
 
 
@@ -677,6 +1024,8 @@ def main():
     parser.add_argument("--scenarios", default="frontier,heterogeneous,cascade,mixed")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--no-controls", action="store_true")
+    parser.add_argument("--require-auto", action="store_true",
+                        help="fail instead of skipping the auto arm when there is no router")
     parser.add_argument("--work", default=str(ROOT / ".run" / "eval"))
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
@@ -690,6 +1039,7 @@ def main():
     sections = [f"# Quality benchmark\n\nSeed {seed}, {args.items} test items per cell. "
                 f"Produced by `{command}`.\n"]
     summary = {}
+    extra = {}
     for name in [s for s in args.scenarios.split(",") if s]:
         scenario = json.loads((SCENARIOS / f"{name}.json").read_text())
         print(f"scenario {name}", flush=True)
@@ -700,6 +1050,12 @@ def main():
         (out / f"{name}.svg").write_text(svg(result))
         summary[name] = [{k: v for k, v in r.items() if k not in ("correct", "escalated")}
                          for r in result["rows"]]
+        if result.get("dev_rows"):
+            extra.setdefault("dev", {})[name] = [
+                {k: v for k, v in r.items() if k not in ("correct", "escalated")}
+                for r in result["dev_rows"]]
+        if result.get("auto"):
+            extra.setdefault("auto", {})[name] = result["auto"]
 
     failures = []
     if not args.no_controls:
@@ -713,7 +1069,7 @@ def main():
     sections.append(f"Wall time: {elapsed / 60:.1f} minutes.\n")
     (out / "README.md").write_text("\n".join(sections))
     (out / "results.json").write_text(json.dumps({"seed": seed, "items": args.items,
-                                                  "scenarios": summary}, indent=2))
+                                                  "scenarios": summary, **extra}, indent=2))
     print(f"wrote {out}/README.md, results.json and the SVG plots in {elapsed / 60:.1f} min")
     if failures:
         print("CONTROL FAILURES:\n" + "\n".join(failures))

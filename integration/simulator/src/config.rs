@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::faults::{FailureRates, FaultKind};
-use crate::items::ItemBank;
+use crate::items::{valid_topic, ItemBank, TOPIC_RULE};
 use crate::questions::{Calibration, ErrorModel, Quality};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -123,6 +123,8 @@ const MAX_ANSWER_WORDS: u64 = 1_000_000;
 const MAX_IRT: f64 = 100.0;
 /// Bound on `confidence_spread`.
 const MAX_SPREAD: f64 = 1e6;
+/// At most this many entries in a model's `topic_skills`.
+pub const MAX_TOPICS: usize = 1000;
 
 impl Config {
     pub fn from_json_str(text: &str) -> Result<Config, ConfigError> {
@@ -269,6 +271,7 @@ fn parse_model(path: &str, v: &Value) -> Result<ModelConfig, ConfigError> {
             ability: f.opt_f64("ability")?,
             discrimination: f.f64("discrimination", d.quality.discrimination)?,
             guess_floor: f.probability("guess_floor", d.quality.guess_floor)?,
+            topic_skills: BTreeMap::new(),
         },
         deterministic: f.bool("deterministic", d.deterministic)?,
     };
@@ -296,8 +299,50 @@ fn parse_model(path: &str, v: &Value) -> Result<ModelConfig, ConfigError> {
     if let Some(rates) = f.take("failure_rates") {
         m.failure_rates = parse_rates(&f.path_of("failure_rates"), rates)?;
     }
+    let skills_path = f.path_of("topic_skills");
+    if let Some(skills) = f.take("topic_skills") {
+        if m.quality.ability.is_none() {
+            return Err(err(
+                &skills_path,
+                "needs an `ability` (topic skills shift it)",
+            ));
+        }
+        m.quality.topic_skills = parse_topic_skills(&skills_path, skills)?;
+    }
     f.finish()?;
     Ok(m)
+}
+
+/// `{"<topic>": δ}`: each δ a number in `[-MAX_IRT, MAX_IRT]`, like `ability`.
+fn parse_topic_skills(path: &str, v: &Value) -> Result<BTreeMap<String, f64>, ConfigError> {
+    let map = v
+        .as_object()
+        .ok_or_else(|| err(path, "expected an object of topic -> ability shift"))?;
+    if map.len() > MAX_TOPICS {
+        return Err(err(
+            path,
+            format!("{} topics; at most {MAX_TOPICS} are allowed", map.len()),
+        ));
+    }
+    let mut skills = BTreeMap::new();
+    for (topic, delta) in map {
+        let at = join(path, topic);
+        if !valid_topic(topic) {
+            return Err(err(&at, TOPIC_RULE));
+        }
+        let delta = delta
+            .as_f64()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| err(&at, "expected a number"))?;
+        if delta.abs() > MAX_IRT {
+            return Err(err(
+                &at,
+                format!("must be between -{MAX_IRT} and {MAX_IRT}"),
+            ));
+        }
+        skills.insert(topic.clone(), delta);
+    }
+    Ok(skills)
 }
 
 fn parse_rates(path: &str, v: &Value) -> Result<FailureRates, ConfigError> {
@@ -476,6 +521,25 @@ mod tests {
     }
 
     #[test]
+    fn topic_skills_parse() {
+        let c = Config::from_json_str(
+            r#"{"models":{"m":{"ability":1,"topic_skills":{"code":2.5,"math":-0.5,"x":0}},
+            "n":{"ability":0}}}"#,
+        )
+        .unwrap();
+        let q = &c.models["m"].quality;
+        assert_eq!(q.topic_skills.len(), 3);
+        assert_eq!(q.topic_skill(Some("code")), 2.5);
+        assert_eq!(q.topic_skill(Some("math")), -0.5);
+        assert_eq!(q.topic_skill(Some("chat")), 0.0);
+        assert_eq!(q.topic_skill(None), 0.0);
+        assert!(c.models["n"].quality.topic_skills.is_empty());
+        // `null` counts as absent, as for every field.
+        let c = Config::from_json_str(r#"{"models":{"m":{"topic_skills":null}}}"#).unwrap();
+        assert!(c.models["m"].quality.topic_skills.is_empty());
+    }
+
+    #[test]
     fn defaults_apply() {
         let c = Config::from_json_str(r#"{"models":{"m":{}}}"#).unwrap();
         assert_eq!(c.seed, 0);
@@ -514,6 +578,7 @@ mod tests {
                 ability: None,
                 discrimination: 1.0,
                 guess_floor: 0.0,
+                topic_skills: BTreeMap::new(),
             }
         );
     }
@@ -590,6 +655,23 @@ mod tests {
                 key
             );
         }
+        for (bad, path) in [
+            (r#"{"code":"strong"}"#, "models.m.topic_skills.code"),
+            (r#"{"code":1000}"#, "models.m.topic_skills.code"),
+            (r#"{"code":-101}"#, "models.m.topic_skills.code"),
+            (r#"{"code":null}"#, "models.m.topic_skills.code"),
+            (r#"{"two words":1}"#, "models.m.topic_skills.two words"),
+            (r#"{"":1}"#, "models.m.topic_skills."),
+            (r#"[1]"#, "models.m.topic_skills"),
+            (r#"2.5"#, "models.m.topic_skills"),
+        ] {
+            let config = format!(r#"{{"models":{{"m":{{"ability":1,"topic_skills":{bad}}}}}}}"#);
+            assert_eq!(error_path(&config), path, "{bad}");
+        }
+        let e =
+            Config::from_json_str(r#"{"models":{"m":{"topic_skills":{"code":1}}}}"#).unwrap_err();
+        assert_eq!(e.path, "models.m.topic_skills");
+        assert!(e.message.contains("ability"), "{e}");
         assert_eq!(error_path(r#"{"models":{"a b":{}}}"#), "models.a b");
         assert_eq!(error_path(r#"{"models":{}}"#), "models");
         assert_eq!(error_path(r#"{}"#), "models");

@@ -5,8 +5,11 @@
 //! ```json
 //! {"items": {"q1": {"kind": "mc", "options": "ABCD", "key": "C", "difficulty": 0.4,
 //!                   "distractor": "B", "attraction": 0.5},
-//!            "q2": {"kind": "exact", "key": "42", "difficulty": -1.0}}}
+//!            "q2": {"kind": "exact", "key": "42", "difficulty": -1.0, "topic": "code"}}}
 //! ```
+//!
+//! An item's optional `topic` selects a model's `topic_skills` entry (see
+//! [`crate::questions::irt_p`]).
 //!
 //! Parsing is as strict as the config's: an unknown field, a wrong type or
 //! a bad value is an error naming its path (`items.q1.key`). [`find_tag`]
@@ -40,6 +43,8 @@ pub struct Item {
     pub difficulty: Option<f64>,
     /// The attractive wrong answer, if given.
     pub distractor: Option<Distractor>,
+    /// The item's topic, if given ([`valid_topic`]).
+    pub topic: Option<String>,
 }
 
 /// Items by tag.
@@ -75,6 +80,16 @@ pub fn valid_tag(tag: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
+
+/// Whether `topic` is a valid topic name: 1 to 64 of `[A-Za-z0-9_-]`, as a
+/// tag (an item's `topic`, a key of a model's `topic_skills`).
+pub fn valid_topic(topic: &str) -> bool {
+    valid_tag(topic)
+}
+
+/// What a bad topic name is told.
+pub(crate) const TOPIC_RULE: &str =
+    "a topic must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'";
 
 impl ItemBank {
     pub fn from_json_str(text: &str) -> Result<ItemBank, BankError> {
@@ -243,6 +258,11 @@ fn parse_item(path: &str, v: &Value) -> Result<Item, ConfigError> {
     if attraction.is_some() && distractor.is_none() {
         return Err(err(&attraction_path, "needs a `distractor`"));
     }
+    let topic_path = f.path_of("topic");
+    let topic = f.str("topic")?.map(str::to_string);
+    if topic.as_deref().is_some_and(|t| !valid_topic(t)) {
+        return Err(err(&topic_path, TOPIC_RULE));
+    }
     f.finish()?;
     Ok(Item {
         key,
@@ -251,6 +271,7 @@ fn parse_item(path: &str, v: &Value) -> Result<Item, ConfigError> {
             answer,
             attraction: attraction.unwrap_or(0.0),
         }),
+        topic,
     })
 }
 
@@ -312,7 +333,7 @@ mod tests {
                        "distractor": "B", "attraction": 0.5},
                 "q-2_x": {"kind": "exact", "key": "  New   York ", "difficulty": -1.0,
                           "distractor": "Boston"},
-                "q3": {"kind": "mc", "key": "A"}}}"#,
+                "q3": {"kind": "mc", "key": "A", "topic": "code_2-x"}}}"#,
         )
         .unwrap();
         assert_eq!(bank.len(), 3);
@@ -339,6 +360,8 @@ mod tests {
         let (_, q3) = bank.get("q3").unwrap();
         assert_eq!(q3.difficulty, None);
         assert_eq!(q3.distractor, None);
+        assert_eq!(q3.topic.as_deref(), Some("code_2-x"));
+        assert_eq!(q1.topic, None);
         assert!(bank.get("q4").is_none());
     }
 
@@ -401,6 +424,15 @@ mod tests {
             (
                 r#"{"kind": "exact", "key": "42", "distractor": "42.0"}"#,
                 "items.t.distractor",
+            ),
+            (r#"{"kind": "mc", "key": "A", "topic": 3}"#, "items.t.topic"),
+            (
+                r#"{"kind": "mc", "key": "A", "topic": ""}"#,
+                "items.t.topic",
+            ),
+            (
+                r#"{"kind": "mc", "key": "A", "topic": "two words"}"#,
+                "items.t.topic",
             ),
             (r#"[]"#, "items.t"),
         ] {

@@ -33,6 +33,14 @@
 //! `z = √ρ g_item + √(1 − ρ) g_sample`, where `g_item` is shared by every
 //! model and sample of the item (see [`ErrorModel`]). Otherwise the old
 //! model applies: correct iff one uniform draw is below `accuracy`.
+//!
+//! **Topic skills.** An item may carry a topic `t` and a model a skill
+//! `δ_t` for it ([`Quality::topic_skills`]): the model then answers that
+//! item with ability `θ + δ_t` (`θ_m + θ_{m,t}` of the generative model),
+//! everywhere the item-response `p` is used. See [`irt_p`] for what it does
+//! not change.
+
+use std::collections::BTreeMap;
 
 use crate::directives::{Directives, KeyDirective};
 use crate::dist;
@@ -102,7 +110,7 @@ impl Calibration {
 
 /// A model's quality settings (config, overridable per request by
 /// directives). All probabilities are in `[0, 1]`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Quality {
     /// P(answer a keyed question correctly).
     pub accuracy: f64,
@@ -128,6 +136,21 @@ pub struct Quality {
     pub discrimination: f64,
     /// Item-response guessing floor: `p` never falls below it.
     pub guess_floor: f64,
+    /// Per-topic ability shifts `δ_t`: on an item of topic `t` the model's
+    /// ability is `θ + δ_t` (0 for a topic not listed, or an item without a
+    /// topic). Only used with an `ability`.
+    pub topic_skills: BTreeMap<String, f64>,
+}
+
+impl Quality {
+    /// The ability shift `δ_t` on an item of `topic` (0 when the item has no
+    /// topic or the model no skill for it).
+    pub fn topic_skill(&self, topic: Option<&str>) -> f64 {
+        topic
+            .and_then(|t| self.topic_skills.get(t))
+            .copied()
+            .unwrap_or(0.0)
+    }
 }
 
 impl Default for Quality {
@@ -144,6 +167,7 @@ impl Default for Quality {
             ability: None,
             discrimination: 1.0,
             guess_floor: 0.0,
+            topic_skills: BTreeMap::new(),
         }
     }
 }
@@ -196,6 +220,7 @@ impl QualityOverrides {
             ability: base.ability,
             discrimination: base.discrimination,
             guess_floor: base.guess_floor,
+            topic_skills: base.topic_skills.clone(),
         }
     }
 }
@@ -236,6 +261,9 @@ pub struct Question {
     pub difficulty: Option<f64>,
     /// Attractive wrong answer (item banks only).
     pub distractor: Option<Distractor>,
+    /// The item's topic, which selects a model's topic skill (item banks
+    /// only).
+    pub topic: Option<String>,
     /// The item bank's tag, when the question comes from the bank.
     pub tag: Option<String>,
 }
@@ -248,6 +276,7 @@ impl Question {
             key,
             difficulty: None,
             distractor: None,
+            topic: None,
             tag: None,
         }
     }
@@ -274,6 +303,7 @@ pub fn question(
             key: item.key.clone(),
             difficulty: item.difficulty,
             distractor: item.distractor.clone(),
+            topic: item.topic.clone(),
             tag: Some(tag.to_string()),
         }));
     }
@@ -309,10 +339,24 @@ pub fn question(
     Ok(Some(Question::new(identity, key)))
 }
 
-/// The item-response probability `floor + (1 − floor) σ(a (θ − d))`, when
-/// the question has a difficulty and the model an ability.
+/// The item-response probability `floor + (1 − floor) σ(a (θ + δ_t − d))`,
+/// when the question has a difficulty and the model an ability; `δ_t` is
+/// the model's skill for the item's topic ([`Quality::topic_skill`], 0
+/// without one).
+///
+/// The topic skill shifts the ability and nothing else, so it reaches
+/// everything this `p` drives: the model's answers and their reported
+/// confidence, and the own answer a synthesizer or a Fusion judge falls
+/// back to when no reference states one. Verifier verdicts
+/// (`verifier_sensitivity`, `verifier_specificity`), judge picks
+/// (`judge_skill`) and a synthesizer's recognition of the key among the
+/// references (`synth_skill`) do not depend on the ability, and so not on
+/// the topic either: a specialist is better at *answering* its topic, not
+/// at grading others' answers on it. A model that should also grade its
+/// topic better needs higher skills, which then hold for every item.
 pub fn irt_p(quality: &Quality, question: &Question) -> Option<f64> {
-    let (theta, d) = (quality.ability?, question.difficulty?);
+    let (ability, d) = (quality.ability?, question.difficulty?);
+    let theta = ability + quality.topic_skill(question.topic.as_deref());
     let floor = quality.guess_floor;
     Some(floor + (1.0 - floor) * dist::sigmoid(quality.discrimination * (theta - d)))
 }
@@ -1057,6 +1101,68 @@ mod tests {
             assert!(Calibration::Underconfident.report(c, 0.5) < c);
         }
         assert_eq!(Calibration::Random.report(0.9, 0.0), 0.2);
+    }
+
+    #[test]
+    fn topic_skills_shift_the_ability() {
+        let mut quality = Quality {
+            ability: Some(0.5),
+            discrimination: 1.2,
+            guess_floor: 0.25,
+            ..Quality::default()
+        };
+        let plain = quality.clone();
+        quality.topic_skills.insert("code".into(), 2.0);
+        quality.topic_skills.insert("math".into(), -1.0);
+        let mut shifted = plain.clone();
+        let mut q = Question::new("q", mc('C'));
+        q.difficulty = Some(1.0);
+        let p = |theta: f64| 0.25 + 0.75 * dist::sigmoid(1.2 * (theta - 1.0));
+        // No topic, or a topic the model has no skill for: unchanged.
+        assert_eq!(irt_p(&quality, &q), irt_p(&plain, &q));
+        assert_eq!(irt_p(&quality, &q), Some(p(0.5)));
+        q.topic = Some("chat".into());
+        assert_eq!(irt_p(&quality, &q), Some(p(0.5)));
+        // A skilled topic: exactly the ability plus the skill, either sign.
+        q.topic = Some("code".into());
+        assert_eq!(irt_p(&quality, &q), Some(p(2.5)));
+        assert!(irt_p(&quality, &q) > irt_p(&plain, &q));
+        q.topic = Some("math".into());
+        assert_eq!(irt_p(&quality, &q), Some(p(-0.5)));
+        assert_eq!(p_correct(&quality, &q), p(-0.5));
+        // Without an ability the skills do nothing: the flat accuracy.
+        let mut flat = quality.clone();
+        flat.ability = None;
+        assert_eq!(irt_p(&flat, &q), None);
+        assert_eq!(p_correct(&flat, &q), flat.accuracy);
+        // Draws: a skilled topic answers as the plain model with the shifted
+        // ability (the same streams); no topic answers as the plain model.
+        let e = ErrorModel {
+            item_seed: 7,
+            correlation: 0.3,
+            confidence_spread: 4.0,
+        };
+        shifted.ability = Some(2.5);
+        let mut right = [0, 0];
+        for i in 0..200 {
+            let mut item = Question::new(format!("tag:t{i}"), mc('C'));
+            item.difficulty = Some(1.0);
+            let untagged = draw_answer(1, "m", &item, &quality, &e, Forced::default(), 0);
+            assert_eq!(
+                untagged,
+                draw_answer(1, "m", &item, &plain, &e, Forced::default(), 0)
+            );
+            item.topic = Some("code".into());
+            let skilled = draw_answer(1, "m", &item, &quality, &e, Forced::default(), 0);
+            assert_eq!(
+                skilled,
+                draw_answer(1, "m", &item, &shifted, &e, Forced::default(), 0)
+            );
+            right[0] += usize::from(untagged.correct);
+            right[1] += usize::from(skilled.correct);
+        }
+        // p(0.5) ≈ 0.53 against p(2.5) ≈ 0.91.
+        assert!(right[1] > right[0] + 40, "{right:?}");
     }
 
     #[test]

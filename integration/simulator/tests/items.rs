@@ -379,6 +379,59 @@ fn accuracy_follows_the_item_response_model() {
     assert!((acc - 0.9).abs() < 0.03, "flat accuracy {acc}");
 }
 
+/// A bank of `n` items, even ones of topic `code`, odd ones without a topic.
+fn topic_bank(n: usize, d: &[f64]) -> Value {
+    let mut bank = mc_bank(n, |i| d[i], &json!({}));
+    for i in (0..n).step_by(2) {
+        bank["items"][format!("t{i}")]["topic"] = json!("code");
+    }
+    bank
+}
+
+#[test]
+fn topic_skills_shift_the_ability_on_their_topic_only() {
+    let n = 1000;
+    let d = normal_difficulties(n, 4, 1.0);
+    let bank = topic_bank(n, &d);
+    let skilled = start_with(
+        r#"{"seed": 5, "correlation": 0.3, "models": {
+            "m": {"ability": 0.0, "discrimination": 1.2, "answer_words": 1,
+                  "topic_skills": {"code": 2.0, "other": -3.0}}}}"#,
+        &bank,
+    );
+    let plain = start_with(
+        r#"{"seed": 5, "correlation": 0.3, "models": {
+            "m": {"ability": 0.0, "discrimination": 1.2, "answer_words": 1}}}"#,
+        &bank,
+    );
+    let shifted = start_with(
+        r#"{"seed": 5, "correlation": 0.3, "models": {
+            "m": {"ability": 2.0, "discrimination": 1.2, "answer_words": 1}}}"#,
+        &bank,
+    );
+    let skilled = correctness(&mut Client::connect(skilled), "m", n);
+    let plain = correctness(&mut Client::connect(plain), "m", n);
+    let shifted = correctness(&mut Client::connect(shifted), "m", n);
+    // On `code` items the model answers exactly as with ability 0 + 2; on the
+    // others exactly as without topic skills.
+    for i in 0..n {
+        let want = if i % 2 == 0 { shifted[i] } else { plain[i] };
+        assert_eq!(skilled[i], want, "item t{i}");
+    }
+    let rate = |r: &[bool], parity: usize| {
+        (parity..n).step_by(2).filter(|i| r[*i]).count() as f64 / (n / 2) as f64
+    };
+    let expected = |theta: f64| {
+        (0..n)
+            .step_by(2)
+            .map(|i| sigmoid(1.2 * (theta - d[i])))
+            .sum::<f64>()
+            / (n / 2) as f64
+    };
+    assert!((rate(&skilled, 0) - expected(2.0)).abs() < 0.07);
+    assert!(rate(&skilled, 0) > rate(&plain, 0) + 0.2);
+}
+
 fn pair_config(correlation: f64) -> String {
     format!(
         r#"{{"seed": 9, "correlation": {correlation}, "models": {{
