@@ -1,4 +1,6 @@
 //! Confidence: escalation by score, with every scoring method and failure.
+//!
+//! Part of the looper tests, compiled only under #[cfg(test)].
 
 use super::*;
 

@@ -1,4 +1,6 @@
 //! Fusion: panel, judge, finalizer, and every fallback.
+//!
+//! Part of the looper tests, compiled only under #[cfg(test)].
 
 use super::*;
 

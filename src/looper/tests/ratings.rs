@@ -1,4 +1,6 @@
 //! Ratings: a rating-weighted vote over a bounded parallel panel.
+//!
+//! Part of the looper tests, compiled only under #[cfg(test)].
 
 use super::*;
 

@@ -1,4 +1,6 @@
 //! ReMoM: rounds, quorum, early stop, synthesis and its vote fallback.
+//!
+//! Part of the looper tests, compiled only under #[cfg(test)].
 
 use super::*;
 

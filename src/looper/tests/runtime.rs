@@ -1,4 +1,6 @@
 //! The runtime's budget and failure policies, driven by a minimal test algorithm.
+//!
+//! Part of the looper tests, compiled only under #[cfg(test)].
 
 use super::*;
 

@@ -1,4 +1,6 @@
 //! `single`: one model, then the failover list.
+//!
+//! Part of the looper tests, compiled only under #[cfg(test)].
 
 use super::*;
 

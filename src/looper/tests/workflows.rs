@@ -1,5 +1,7 @@
 //! Workflows: static roles, planner plans and their validation, the DAG, step failures under
 //! each policy, the finalizer's contract check, repair and fallbacks.
+//!
+//! Part of the looper tests, compiled only under #[cfg(test)].
 
 use super::*;
 
