@@ -6,7 +6,9 @@
 //! panic on non-UTF-8 values, and a panic would kill the VM for every later request.
 
 use crate::config::Config;
-use crate::exchange::{Command, Exchange, Flow, RequestHead, TRACE_HEADER};
+use crate::exchange::{
+    Command, Exchange, Flow, RequestHead, ResponseHead, STREAM_CLUSTER_HEADER, TRACE_HEADER,
+};
 use crate::gateway::Gateway;
 use crate::looper::{CallId, CallResult};
 use crate::metrics::MetricKind;
@@ -115,6 +117,7 @@ impl RootContext for Root {
             exchange,
             calls: HashMap::new(),
             replied: false,
+            request_body_size: 0,
             metric_ids: Rc::clone(&self.metric_ids),
             clock: Rc::clone(&self.clock),
         }))
@@ -128,6 +131,8 @@ struct Filter {
     calls: HashMap<u32, CallId>,
     /// A local reply was sent: our own response callbacks now run for it and must not act.
     replied: bool,
+    /// Bytes of request body Envoy holds for this request (to replace it whole).
+    request_body_size: usize,
     metric_ids: MetricIds,
     clock: Rc<Clock>,
 }
@@ -183,6 +188,41 @@ impl Filter {
                             exchange.on_call_result(call, CallResult::Rejected, now);
                         }
                     }
+                }
+                Command::ForwardUpstream {
+                    headers,
+                    credential,
+                    remove,
+                    body,
+                } => {
+                    for name in &remove {
+                        let _ =
+                            hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, None);
+                    }
+                    let credential = credential
+                        .as_ref()
+                        .map(|(name, value)| (name.as_str(), value.expose()));
+                    for (name, value) in headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .chain(credential)
+                    {
+                        let _ = hostcalls::set_map_value_bytes(
+                            MapType::HttpRequestHeaders,
+                            name,
+                            Some(value.as_bytes()),
+                        );
+                    }
+                    if let Err(status) = hostcalls::set_buffer(
+                        BufferType::HttpRequestBody,
+                        0,
+                        self.request_body_size,
+                        &body,
+                    ) {
+                        error!("looper: the final call's body was refused: {status:?}");
+                    }
+                    self.request_body_size = body.len();
+                    let _ = hostcalls::resume_http_request();
                 }
                 Command::Reply {
                     status,
@@ -269,6 +309,14 @@ impl HttpContext for Filter {
         let Some(exchange) = self.exchange.as_mut() else {
             return Action::Continue;
         };
+        // Only the gateway routes a final call by cluster name; never a client.
+        if header(MapType::HttpRequestHeaders, STREAM_CLUSTER_HEADER).is_some() {
+            let _ = hostcalls::set_map_value_bytes(
+                MapType::HttpRequestHeaders,
+                STREAM_CLUSTER_HEADER,
+                None,
+            );
+        }
         let method = header(MapType::HttpRequestHeaders, ":method").unwrap_or_default();
         let path = header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
         let trace = header(MapType::HttpRequestHeaders, TRACE_HEADER);
@@ -302,6 +350,7 @@ impl HttpContext for Filter {
             }
             _ => Vec::new(),
         };
+        self.request_body_size = body_size;
         let now = self.clock.now();
         let flow = exchange.on_request_body(body_size, &new_bytes, end_of_stream, now);
         self.drain();
@@ -319,7 +368,67 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        // Our own local reply and pass-through responses both go out untouched.
+        // Our own local reply and pass-through responses go out untouched; only the answer
+        // of a forwarded final call is rewritten.
+        if self.replied {
+            return Action::Continue;
+        }
+        let Some(exchange) = self.exchange.as_mut() else {
+            return Action::Continue;
+        };
+        let status = header(MapType::HttpResponseHeaders, ":status")
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
+            .unwrap_or(0);
+        let now = self.clock.now();
+        match exchange.on_response_headers(status, now) {
+            ResponseHead::Untouched => Action::Continue,
+            ResponseHead::Stream { set, remove } => {
+                for name in &remove {
+                    let _ =
+                        hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, None);
+                }
+                for (name, value) in &set {
+                    let _ = hostcalls::set_map_value_bytes(
+                        MapType::HttpResponseHeaders,
+                        name,
+                        Some(value.as_bytes()),
+                    );
+                }
+                self.drain();
+                Action::Continue
+            }
+            ResponseHead::Replaced => {
+                // The fallback reply replaces the upstream's response, which has sent
+                // nothing to the client yet.
+                self.drain();
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.replied {
+            return Action::Continue;
+        }
+        let Some(exchange) = self.exchange.as_mut() else {
+            return Action::Continue;
+        };
+        if !exchange.rewrites_response() {
+            return Action::Continue;
+        }
+        let chunk = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let now = self.clock.now();
+        if let Some(rewritten) = exchange.on_response_body(&chunk, end_of_stream, now) {
+            if let Err(status) =
+                hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &rewritten)
+            {
+                error!("looper: rewriting the stream was refused: {status:?}");
+            }
+        }
+        self.drain();
         Action::Continue
     }
 

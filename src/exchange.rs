@@ -3,13 +3,13 @@
 //! JSON or SSE with the `x-looper-*` headers. Plain Rust: the adapter feeds it host events and
 //! carries out the [`Command`]s it returns.
 
-use crate::config::Algorithm;
 use crate::config::{routing, ModelId, ReplyModelName, RouterId, Secret, Target};
+use crate::config::{Algorithm, Config};
 use crate::gateway::Gateway;
 use crate::looper::{Answer, CallId, CallResult, Looper, LooperCommand, LooperEvent};
 use crate::metrics::{Global, MetricId};
 use crate::model_scan::{ModelScanner, Scan};
-use crate::openai::{models, sse, ApiError, ChatRequest, FinalCompletion};
+use crate::openai::{models, sse, ApiError, ChatRequest, FinalCompletion, StreamRewriter};
 use crate::router::{Route, Router};
 use crate::time::Millis;
 use std::collections::VecDeque;
@@ -17,6 +17,9 @@ use std::rc::Rc;
 
 pub const CHAT_COMPLETIONS_PATH: &str = "/v1/chat/completions";
 pub const MODELS_PATH: &str = "/v1/models";
+/// Request header the gateway sets to route a streamed final call; one from a client is
+/// always removed, so a client can never pick a cluster.
+pub const STREAM_CLUSTER_HEADER: &str = "x-looper-cluster";
 /// Request header with which a client asks for `looper_trace` (honoured only when the
 /// operator allows traces).
 pub const TRACE_HEADER: &str = "x-looper-trace";
@@ -39,6 +42,17 @@ pub enum Command {
         credential: Option<(String, Secret)>,
         body: Vec<u8>,
         timeout_ms: u64,
+    },
+    /// Send the client's own request on as the recipe's final call: set `headers` (the
+    /// route picks the cluster from [`STREAM_CLUSTER_HEADER`]), remove `remove`, replace the
+    /// body, resume. The upstream's answer then streams back through
+    /// [`Exchange::on_response_headers`] and [`Exchange::on_response_body`].
+    ForwardUpstream {
+        headers: Vec<(String, String)>,
+        /// The credential header, kept apart so that no `Debug` output or log shows it.
+        credential: Option<(String, Secret)>,
+        remove: Vec<String>,
+        body: Vec<u8>,
     },
     /// A local reply; the adapter sends at most one.
     Reply {
@@ -91,6 +105,31 @@ struct Running {
     virtual_index: usize,
     /// How the router chose the recipe; `None` for a pinned virtual model.
     route: Option<(RouterId, Route)>,
+    /// The final call, once it was forwarded as the client's own request.
+    stream: Option<FinalStream>,
+}
+
+struct FinalStream {
+    call: CallId,
+    model: ModelId,
+    /// Rewrites the upstream's stream once its headers said 200.
+    rewriter: Option<StreamRewriter>,
+}
+
+/// What to do with the response headers of a forwarded final call.
+#[derive(Debug, PartialEq)]
+pub enum ResponseHead {
+    /// Not a forwarded call (a pass-through, or already answered): leave it alone.
+    Untouched,
+    /// The answer streams: set these headers, remove these, and pass each body chunk
+    /// through [`Exchange::on_response_body`].
+    Stream {
+        set: Vec<(String, String)>,
+        remove: Vec<String>,
+    },
+    /// The final call failed before any byte: the exchange queued a [`Command::Reply`]
+    /// (the recipe's fallback) that replaces the upstream's response.
+    Replaced,
 }
 
 pub struct Exchange {
@@ -367,12 +406,17 @@ impl Exchange {
             .push_back(Command::Count(metrics.virtual_requests(virtual_index)));
         let request = Rc::new(request);
         let nonce = self.gateway.ids().nonce();
-        let looper = Looper::start(config, recipe, Rc::clone(&request), now, nonce);
+        let stream_final = config.stream_final_call && request.stream() && !self.trace_requested;
+        let mut looper = Looper::start(config, recipe, Rc::clone(&request), now, nonce);
+        if stream_final {
+            looper.allow_streamed_final();
+        }
         self.state = State::Running(Box::new(Running {
             looper,
             request,
             virtual_index,
             route,
+            stream: None,
         }));
         self.drain_looper(now);
         Flow::Pause
@@ -401,9 +445,138 @@ impl Exchange {
         }
     }
 
+    /// The response headers of the request as Envoy sends it on: for a forwarded final
+    /// call, whether its answer streams or the recipe's fallback replaces it.
+    pub fn on_response_headers(&mut self, status: u16, now: Millis) -> ResponseHead {
+        if self.replied {
+            return ResponseHead::Untouched;
+        }
+        let State::Running(running) = &mut self.state else {
+            return ResponseHead::Untouched;
+        };
+        let Some((call, model, streaming)) = running
+            .stream
+            .as_ref()
+            .map(|s| (s.call, s.model, s.rewriter.is_some()))
+        else {
+            return ResponseHead::Untouched;
+        };
+        if streaming {
+            return ResponseHead::Untouched;
+        }
+        if status != 200 {
+            // Nothing was sent yet: the call failed like any other, and the recipe falls
+            // back (a vote over the evidence) as it would have.
+            running.stream = None;
+            running.looper.on_call_result(
+                call,
+                CallResult::Response {
+                    status,
+                    body: Vec::new(),
+                },
+                now,
+            );
+            self.drain_looper(now);
+            return if self.replied {
+                ResponseHead::Replaced
+            } else {
+                ResponseHead::Untouched
+            };
+        }
+        let config = Rc::clone(self.gateway.config());
+        let metrics = self.gateway.metrics();
+        let mut set = looper_headers(&config, running, now.since(self.started));
+        set.push(("content-type".to_string(), "text/event-stream".to_string()));
+        set.push(("cache-control".to_string(), "no-cache".to_string()));
+        let virtual_name = config
+            .virtual_models
+            .get(running.virtual_index)
+            .map_or("", |v| v.name.as_str());
+        let reply_model = match config.reply_model_name {
+            ReplyModelName::Virtual => virtual_name.to_string(),
+            ReplyModelName::UpstreamAlias => config
+                .model(model)
+                .map_or_else(|| virtual_name.to_string(), |m| m.alias.clone()),
+        };
+        let rewriter = StreamRewriter::new(
+            self.gateway.ids().completion_id(),
+            reply_model,
+            now.unix_seconds(),
+            *running.looper.runtime().usage(),
+            running.request.include_usage(),
+        );
+        if let Some(stream) = running.stream.as_mut() {
+            stream.rewriter = Some(rewriter);
+        }
+        self.commands
+            .push_back(Command::Count(metrics.response_class(200)));
+        ResponseHead::Stream {
+            set,
+            // The upstream's length is not the rewritten stream's; the rest names the
+            // upstream.
+            remove: vec![
+                "content-length".to_string(),
+                "server".to_string(),
+                "x-envoy-upstream-service-time".to_string(),
+                "openai-organization".to_string(),
+                "openai-processing-ms".to_string(),
+                "x-request-id".to_string(),
+            ],
+        }
+    }
+
+    /// Whether response bodies go through [`Exchange::on_response_body`] (a forwarded final
+    /// call streams); other responses are not even read.
+    pub fn rewrites_response(&self) -> bool {
+        matches!(&self.state, State::Running(r) if r.stream.as_ref().is_some_and(|s| s.rewriter.is_some()))
+    }
+
+    /// A chunk of the forwarded final call's stream; `Some` with the bytes that replace it,
+    /// `None` to leave it alone (not a forwarded call).
+    pub fn on_response_body(
+        &mut self,
+        chunk: &[u8],
+        end_of_stream: bool,
+        now: Millis,
+    ) -> Option<Vec<u8>> {
+        let State::Running(running) = &mut self.state else {
+            return None;
+        };
+        let stream = running.stream.as_mut()?;
+        let rewriter = stream.rewriter.as_mut()?;
+        let mut out = rewriter.feed(chunk);
+        if end_of_stream {
+            out.extend(rewriter.finish());
+            let usage = rewriter.upstream_usage();
+            let model = stream.model;
+            let metrics = self.gateway.metrics();
+            let outcome = if rewriter.is_complete() {
+                "ok"
+            } else {
+                "reset"
+            };
+            if let Some(id) = metrics.model_call(model, outcome) {
+                self.commands.push_back(Command::Count(id));
+            }
+            self.commands.push_back(Command::Record(
+                metrics.virtual_latency(running.virtual_index),
+                now.since(self.started),
+            ));
+            self.replied = true;
+            self.state = State::Done;
+            self.count_tokens(model, usage);
+        }
+        Some(out)
+    }
+
     /// The request deadline may have passed (a timer fired). Early calls do nothing.
     pub fn on_tick(&mut self, now: Millis) {
         if let State::Running(running) = &mut self.state {
+            if running.stream.is_some() {
+                // The final call is Envoy's own request now, under a route timeout cut at
+                // the deadline; a reply of ours could not replace what already streams.
+                return;
+            }
             running.looper.on_deadline(now);
             self.drain_looper(now);
         }
@@ -457,6 +630,49 @@ impl Exchange {
                             .map(|c| (c.header.clone(), c.value.clone())),
                         body,
                         timeout_ms,
+                    });
+                }
+                LooperCommand::StreamFinal {
+                    call,
+                    model,
+                    body,
+                    timeout_ms,
+                } => {
+                    let Some(upstream) = config.model(model) else {
+                        unknown_models.push(call);
+                        continue;
+                    };
+                    let mut headers = vec![
+                        (":authority".to_string(), upstream.authority.clone()),
+                        (":path".to_string(), upstream.path.clone()),
+                        ("content-type".to_string(), "application/json".to_string()),
+                        ("content-length".to_string(), body.len().to_string()),
+                        (STREAM_CLUSTER_HEADER.to_string(), upstream.cluster.clone()),
+                        (
+                            "x-envoy-upstream-rq-timeout-ms".to_string(),
+                            timeout_ms.to_string(),
+                        ),
+                    ];
+                    headers.extend(upstream.extra_headers.iter().cloned());
+                    self.commands.push_back(Command::ForwardUpstream {
+                        headers,
+                        credential: upstream
+                            .credential
+                            .as_ref()
+                            .map(|c| (c.header.clone(), c.value.clone())),
+                        // The client's own credential is for the gateway; a compressed
+                        // stream could not be rewritten.
+                        remove: vec![
+                            "authorization".to_string(),
+                            "accept-encoding".to_string(),
+                            TRACE_HEADER.to_string(),
+                        ],
+                        body,
+                    });
+                    running.stream = Some(FinalStream {
+                        call,
+                        model,
+                        rewriter: None,
                     });
                 }
                 LooperCommand::CallFinished {
@@ -515,48 +731,7 @@ impl Exchange {
             .route
             .as_ref()
             .and_then(|(id, route)| Some((config.router(*id)?, route)));
-        let decision = router.map_or("pinned", |(router, route)| router.decision_name(route));
-        let mut headers = vec![
-            ("x-looper-model".to_string(), virtual_name.to_string()),
-            ("x-looper-decision".to_string(), decision.to_string()),
-            ("x-looper-recipe".to_string(), recipe.name.clone()),
-            (
-                "x-looper-algorithm".to_string(),
-                recipe.algorithm.name().to_string(),
-            ),
-            (
-                "x-looper-calls".to_string(),
-                runtime.calls_started().to_string(),
-            ),
-            (
-                "x-looper-models".to_string(),
-                runtime.models_used().join(","),
-            ),
-            ("x-looper-latency-ms".to_string(), latency_ms.to_string()),
-            (
-                "x-looper-cost".to_string(),
-                format!("{:.8}", runtime.cost()),
-            ),
-        ];
-        if let Some((router, route)) = router {
-            let bands: Vec<String> = router
-                .band_names(route)
-                .map(|(p, band)| format!("{p}={band}"))
-                .collect();
-            if !bands.is_empty() {
-                headers.push(("x-looper-bands".to_string(), bands.join(",")));
-            }
-            let fired: Vec<&str> = router.fired_names(route).collect();
-            if !fired.is_empty() {
-                headers.push(("x-looper-signals".to_string(), fired.join(",")));
-            }
-        }
-        if let Some(confidence) = runtime.confidence() {
-            headers.push((
-                "x-looper-confidence".to_string(),
-                format!("{confidence:.3}"),
-            ));
-        }
+        let mut headers = looper_headers(&config, running, latency_ms);
         let abandoned = runtime.abandoned_calls();
         if abandoned > 0 {
             headers.push((
@@ -659,6 +834,63 @@ impl Exchange {
             body,
         });
     }
+}
+
+/// The `x-looper-*` headers of a reply: what ran, why, and at what cost.
+fn looper_headers(config: &Config, running: &Running, latency_ms: u64) -> Vec<(String, String)> {
+    let runtime = running.looper.runtime();
+    let recipe = runtime.recipe();
+    let virtual_name = config
+        .virtual_models
+        .get(running.virtual_index)
+        .map_or("", |v| v.name.as_str());
+    let router = running
+        .route
+        .as_ref()
+        .and_then(|(id, route)| Some((config.router(*id)?, route)));
+    let decision = router.map_or("pinned", |(router, route)| router.decision_name(route));
+    let mut headers = vec![
+        ("x-looper-model".to_string(), virtual_name.to_string()),
+        ("x-looper-decision".to_string(), decision.to_string()),
+        ("x-looper-recipe".to_string(), recipe.name.clone()),
+        (
+            "x-looper-algorithm".to_string(),
+            recipe.algorithm.name().to_string(),
+        ),
+        (
+            "x-looper-calls".to_string(),
+            runtime.calls_started().to_string(),
+        ),
+        (
+            "x-looper-models".to_string(),
+            runtime.models_used().join(","),
+        ),
+        ("x-looper-latency-ms".to_string(), latency_ms.to_string()),
+        (
+            "x-looper-cost".to_string(),
+            format!("{:.8}", runtime.cost()),
+        ),
+    ];
+    if let Some((router, route)) = router {
+        let bands: Vec<String> = router
+            .band_names(route)
+            .map(|(p, band)| format!("{p}={band}"))
+            .collect();
+        if !bands.is_empty() {
+            headers.push(("x-looper-bands".to_string(), bands.join(",")));
+        }
+        let fired: Vec<&str> = router.fired_names(route).collect();
+        if !fired.is_empty() {
+            headers.push(("x-looper-signals".to_string(), fired.join(",")));
+        }
+    }
+    if let Some(confidence) = runtime.confidence() {
+        headers.push((
+            "x-looper-confidence".to_string(),
+            format!("{confidence:.3}"),
+        ));
+    }
+    headers
 }
 
 /// Whether the recipe can serve what the request asks for; a clear 400 when it cannot.

@@ -158,6 +158,9 @@ pub struct Config {
     pub signal_headers: Vec<String>,
     pub virtual_models: Vec<VirtualModel>,
     pub limits: Limits,
+    /// Whether a recipe's final call may stream to a streaming client, sent on as the
+    /// client's own request (Envoy's route must pick the cluster from `x-looper-cluster`).
+    pub stream_final_call: bool,
     /// Whether a client may ask for `looper_trace` with `x-looper-trace: 1`.
     pub trace_allowed: bool,
     pub reply_model_name: ReplyModelName,
@@ -218,6 +221,7 @@ fn parse_config(value: &Value, env: &dyn Fn(&str) -> Option<String>) -> ConfigRe
         "passthrough_models",
         "namespaces",
         "routers",
+        "stream_final_call",
     ])?;
 
     let models = parse_models(&root.required("models")?, env)?;
@@ -249,6 +253,7 @@ fn parse_config(value: &Value, env: &dyn Fn(&str) -> Option<String>) -> ConfigRe
     )?;
     let limits = parse_limits(root.field("limits"))?;
 
+    let stream_final_call = root.opt_bool("stream_final_call")?.unwrap_or(false);
     let mut trace_allowed = false;
     if let Some(trace) = root.field("trace") {
         let trace = trace.object()?;
@@ -330,6 +335,7 @@ fn parse_config(value: &Value, env: &dyn Fn(&str) -> Option<String>) -> ConfigRe
         signal_headers,
         virtual_models,
         limits,
+        stream_final_call,
         trace_allowed,
         reply_model_name,
         listed_passthrough_models,

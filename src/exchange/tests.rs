@@ -44,8 +44,12 @@ type Headers = Vec<(String, String)>;
 /// A dispatched call: id, cluster, headers, JSON body, timeout.
 type Dispatched = (CallId, String, Headers, Value, u64);
 
+/// A forwarded final call: headers set (credential included), headers removed, JSON body.
+type Forwarded = (Headers, Vec<String>, Value);
+
 struct Drained {
     calls: Vec<Dispatched>,
+    forwarded: Option<Forwarded>,
     reply: Option<(u16, Headers, Vec<u8>)>,
     counts: Vec<String>,
     adds: Vec<(String, u64)>,
@@ -54,6 +58,7 @@ struct Drained {
 fn drain(gw: &Gateway, ex: &mut Exchange) -> Drained {
     let mut d = Drained {
         calls: Vec::new(),
+        forwarded: None,
         reply: None,
         counts: Vec::new(),
         adds: Vec::new(),
@@ -79,6 +84,18 @@ fn drain(gw: &Gateway, ex: &mut Exchange) -> Drained {
                     serde_json::from_slice(&body).unwrap(),
                     timeout_ms,
                 ))
+            }
+            Command::ForwardUpstream {
+                mut headers,
+                credential,
+                remove,
+                body,
+            } => {
+                assert!(d.forwarded.is_none(), "two forwarded calls");
+                if let Some((name, value)) = credential {
+                    headers.push((name, value.expose().to_string()));
+                }
+                d.forwarded = Some((headers, remove, serde_json::from_slice(&body).unwrap()));
             }
             Command::Reply {
                 status,
@@ -830,4 +847,111 @@ fn a_routed_recipe_still_refuses_what_it_cannot_serve() {
     let (status, _, body) = d.reply.unwrap();
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("`n` must be 1"));
+}
+
+fn streaming_gateway(stream_final_call: bool) -> Rc<Gateway> {
+    gateway_with(json!({
+        "recipes": {"rm": {"algorithm": "remom", "contract": {"type": "choice"},
+                           "pool": [{"model": "medium"}, {"model": "small"}],
+                           "breadth_schedule": [2], "synthesizer": "small"}},
+        "virtual_models": {"looper/remom": {"recipe": "rm"}},
+        "stream_final_call": stream_final_call
+    }))
+}
+
+/// A streaming ReMoM request whose two workers answered: the synthesis is next.
+fn remom_until_synthesis(gw: &Rc<Gateway>, trace: bool) -> (Exchange, Drained) {
+    let body = chat(
+        "looper/remom",
+        json!({"stream": true, "stream_options": {"include_usage": true}}),
+    );
+    let (mut ex, _, d) = post(gw, &body, trace);
+    assert_eq!(d.calls.len(), 2);
+    for (call, ..) in &d.calls {
+        ex.on_call_result(*call, upstream_ok("ANSWER: B", "stop"), T0);
+    }
+    let d = drain(gw, &mut ex);
+    (ex, d)
+}
+
+#[test]
+fn the_synthesis_of_a_streaming_request_is_forwarded_and_its_stream_rewritten() {
+    let gw = streaming_gateway(true);
+    let (mut ex, d) = remom_until_synthesis(&gw, false);
+    assert!(d.calls.is_empty(), "the synthesis is not a dispatched call");
+    let (headers, remove, body) = d.forwarded.unwrap();
+    assert_eq!(header(&headers, "x-looper-cluster"), Some("sim"));
+    assert_eq!(header(&headers, ":path"), Some("/v1/chat/completions"));
+    assert_eq!(header(&headers, "authorization"), Some("Bearer k-123"));
+    assert!(remove.contains(&"authorization".to_string()));
+    assert!(remove.contains(&"accept-encoding".to_string()));
+    assert_eq!(body["model"], "sim-small");
+    assert_eq!(body["stream"], true);
+    assert_eq!(body["stream_options"], json!({"include_usage": true}));
+    assert_eq!(
+        header(&headers, "content-length"),
+        Some(
+            serde_json::to_vec(&body)
+                .unwrap()
+                .len()
+                .to_string()
+                .as_str()
+        )
+    );
+
+    let ResponseHead::Stream { set, remove } = ex.on_response_headers(200, T0) else {
+        panic!("not streamed");
+    };
+    assert_eq!(header(&set, "content-type"), Some("text/event-stream"));
+    assert_eq!(header(&set, "x-looper-calls"), Some("3"));
+    assert!(remove.contains(&"content-length".to_string()));
+    assert!(ex.rewrites_response());
+    let upstream = "data: {\"model\":\"sim-small\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ANSWER: B\"}}]}\n\n\
+                    data: {\"model\":\"sim-small\",\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\ndata: [DONE]\n\n";
+    let (first, rest) = upstream.split_at(30);
+    let mut out = ex.on_response_body(first.as_bytes(), false, T0).unwrap();
+    out.extend(ex.on_response_body(rest.as_bytes(), true, T0).unwrap());
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("\"model\":\"looper/remom\""), "{text}");
+    assert!(!text.contains("sim-small"), "{text}");
+    // Two workers at 10 tokens each, then the synthesis's 3.
+    assert!(text.contains("\"total_tokens\":23"), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert!(ex.is_replied());
+    let d = drain(&gw, &mut ex);
+    assert!(d
+        .counts
+        .contains(&"looper.model.small.calls.ok".to_string()));
+    assert!(d
+        .adds
+        .contains(&("looper.model.small.completion_tokens".to_string(), 2)));
+}
+
+#[test]
+fn a_forwarded_synthesis_that_fails_before_any_byte_falls_back_to_the_vote() {
+    let gw = streaming_gateway(true);
+    let (mut ex, d) = remom_until_synthesis(&gw, false);
+    assert!(d.forwarded.is_some());
+    assert_eq!(ex.on_response_headers(503, T0), ResponseHead::Replaced);
+    let (status, headers, body) = drain(&gw, &mut ex).reply.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-type"), Some("text/event-stream"));
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.contains("ANSWER: B"), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    // A later body (Envoy's own error text) is not ours to rewrite.
+    assert_eq!(
+        ex.on_response_body(b"upstream connect error", true, T0),
+        None
+    );
+}
+
+#[test]
+fn the_synthesis_is_buffered_without_the_option_or_with_a_trace() {
+    for (enabled, trace) in [(false, false), (true, true)] {
+        let gw = streaming_gateway(enabled);
+        let (_, d) = remom_until_synthesis(&gw, trace);
+        assert!(d.forwarded.is_none());
+        assert_eq!(d.calls.len(), 1, "the synthesis is an ordinary call");
+    }
 }

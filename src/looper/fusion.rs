@@ -128,7 +128,7 @@ impl Fusion {
         };
         let usable = self.usable(rt);
         let messages = evidence::prompt(rt, &self.recipe.finalizer_prompt, &usable, &analysis_text);
-        let plan = CallPlan::own("finalizer", messages);
+        let plan = CallPlan::own("finalizer", messages).final_answer();
         match rt.dispatch(self.recipe.finalizer, plan) {
             Ok(call) => self.finalizer_call = Some(call),
             Err(stop) => {

@@ -199,6 +199,12 @@ impl Looper {
         self.runtime.take_result()
     }
 
+    /// Lets the recipe's final answer stream to the client (see
+    /// [`LooperCommand::StreamFinal`]).
+    pub fn allow_streamed_final(&mut self) {
+        self.runtime.allow_streamed_final();
+    }
+
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
     }

@@ -267,7 +267,7 @@ impl Remom {
             return;
         }
         let messages = evidence::prompt(rt, &self.recipe.synthesis_prompt, &usable, "");
-        let plan = CallPlan::own("synthesizer", messages);
+        let plan = CallPlan::own("synthesizer", messages).final_answer();
         match rt.dispatch(self.recipe.synthesizer, plan) {
             Ok(call) => self.synthesis_call = Some(call),
             Err(stop) => {

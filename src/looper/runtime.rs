@@ -26,6 +26,15 @@ pub enum LooperCommand {
         body: Vec<u8>,
         timeout_ms: u64,
     },
+    /// Start the final call as the client's own request, so that its answer streams to the
+    /// client as it is written. The body asks for a stream with usage. Its result still
+    /// comes back through `on_call_result` if it fails before the first byte.
+    StreamFinal {
+        call: CallId,
+        model: ModelId,
+        body: Vec<u8>,
+        timeout_ms: u64,
+    },
     /// A call ended (for metrics: outcome and tokens by model).
     CallFinished {
         call: CallId,
@@ -103,6 +112,9 @@ pub struct CallPlan {
     pub timeout_ms: Option<u64>,
     /// A failure policy of its own (a workflow step's) instead of the recipe's.
     pub on_failure: Option<FailurePolicy>,
+    /// The recipe's last call, whose answer is the reply as it is (a synthesis or a
+    /// finalizer): it may stream straight to a streaming client.
+    pub final_answer: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -112,6 +124,19 @@ pub enum Messages {
     /// A prompt the gateway wrote (verifier, judge). Fields that only make sense for the
     /// client's own conversation (tools, response format, n, logprobs...) are dropped.
     Own(Rc<Value>),
+}
+
+/// The body with `stream: true` and `stream_options.include_usage: true`: the streamed final
+/// call must report its usage for the reply's total.
+fn with_stream(body: &[u8]) -> Vec<u8> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(mut obj)) => {
+            obj.insert("stream".into(), json!(true));
+            obj.insert("stream_options".into(), json!({"include_usage": true}));
+            Value::Object(obj).to_string().into_bytes()
+        }
+        _ => body.to_vec(),
+    }
 }
 
 /// Client fields that do not belong in a call with the gateway's own prompt.
@@ -145,6 +170,7 @@ impl CallPlan {
             deadline: None,
             timeout_ms: None,
             on_failure: None,
+            final_answer: false,
         }
     }
 
@@ -157,7 +183,14 @@ impl CallPlan {
             deadline: None,
             timeout_ms: None,
             on_failure: None,
+            final_answer: false,
         }
+    }
+
+    /// Marks the recipe's last call (see [`CallPlan::final_answer`]).
+    pub fn final_answer(mut self) -> CallPlan {
+        self.final_answer = true;
+        self
     }
 
     pub fn until(mut self, deadline: Millis) -> CallPlan {
@@ -259,6 +292,8 @@ pub struct Runtime {
     /// Queued calls that never started (no time left); the looper reports them to the
     /// algorithm as failed steps.
     skipped: Vec<CallId>,
+    /// The final answer may stream to the client (see [`LooperCommand::StreamFinal`]).
+    stream_final: bool,
 }
 
 impl Runtime {
@@ -300,7 +335,14 @@ impl Runtime {
             details: Map::new(),
             confidence: None,
             skipped: Vec::new(),
+            stream_final: false,
         }
+    }
+
+    /// Lets the recipe's final answer stream to the client: its call becomes a
+    /// [`LooperCommand::StreamFinal`] when nothing else is in flight.
+    pub fn allow_streamed_final(&mut self) {
+        self.stream_final = true;
     }
 
     pub fn config(&self) -> &Config {
@@ -649,7 +691,11 @@ impl Runtime {
                 self.skipped.push(id);
                 continue;
             }
-            let body = self.body(model, &plan);
+            let streamed = self.stream_final && plan.final_answer && self.in_flight == 0;
+            let mut body = self.body(model, &plan);
+            if streamed {
+                body = with_stream(&body);
+            }
             let now = self.now;
             if let Some(record) = self.calls.get_mut(id.0 as usize) {
                 record.state = CallState::InFlight;
@@ -657,11 +703,21 @@ impl Runtime {
                 record.timeout_ms = timeout_ms;
             }
             self.in_flight += 1;
-            self.commands.push_back(LooperCommand::Dispatch {
-                call: id,
-                model,
-                body,
-                timeout_ms,
+            self.commands.push_back(if streamed {
+                self.stream_final = false;
+                LooperCommand::StreamFinal {
+                    call: id,
+                    model,
+                    body,
+                    timeout_ms,
+                }
+            } else {
+                LooperCommand::Dispatch {
+                    call: id,
+                    model,
+                    body,
+                    timeout_ms,
+                }
             });
         }
     }

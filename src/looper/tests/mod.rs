@@ -195,6 +195,9 @@ impl Harness {
     pub fn drain(&mut self) {
         while let Some(command) = self.looper.poll_command() {
             match command {
+                LooperCommand::StreamFinal { .. } => {
+                    panic!("the harness never allows a streamed final call")
+                }
                 LooperCommand::Dispatch {
                     call,
                     model,
