@@ -153,3 +153,29 @@ def test_a_hanging_final_call_ends_at_the_deadline_with_the_fallback():
         assert int(headers["x-looper-latency-ms"]) < 10000
     finally:
         s.close()
+
+
+def test_a_garbage_event_after_the_first_bytes_ends_the_stream_with_an_error_event(slow_stack):
+    status, _, body = slow_stack.chat(
+        {"model": "looper/remom", "stream": True,
+         "messages": [{"role": "user", "content": QUESTION + " [sim:fault@sim-large=garbage]"}]})
+    assert status == 200
+    events = [line[len("data: "):] for line in body.decode("utf-8", "replace").split("\n")
+              if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["code"] == "stream_interrupted"
+    client = openai.OpenAI(base_url=slow_stack.base_url + "/v1", api_key="unused")
+    with pytest.raises(openai.APIError):
+        list(client.chat.completions.create(
+            model="looper/remom", stream=True,
+            messages=[{"role": "user", "content": QUESTION + " [sim:fault@sim-large=garbage]"}]))
+
+
+def test_an_upstream_reset_mid_stream_reaches_the_client_as_a_broken_stream(slow_stack):
+    """Envoy resets the client's stream when the upstream resets after the response
+    started; no filter can append to it. The client must see an error, never a clean end."""
+    client = openai.OpenAI(base_url=slow_stack.base_url + "/v1", api_key="unused")
+    with pytest.raises(Exception):
+        list(client.chat.completions.create(
+            model="looper/remom", stream=True,
+            messages=[{"role": "user", "content": QUESTION + " [sim:fault@sim-large=truncate]"}]))
