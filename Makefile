@@ -10,7 +10,7 @@ SIM       := target/release/looper-sim
 REQS      := integration/e2e/requirements.txt
 CARGO     ?= cargo
 
-.PHONY: help deps wasm-target build run test lint unit host-test e2e compare eval probes bench clean
+.PHONY: help deps wasm-target build run test lint unit host-test e2e compare eval probes bench clean oci
 
 help:
 	@echo "make run    build the plugin and simulator, start them behind Envoy on 127.0.0.1:10000"
@@ -20,6 +20,7 @@ help:
 	@echo "make eval   quality benchmark with theory and controls (EVAL_ARGS='--items 2000' for the full size)"
 	@echo "make probes check the auto router's probe table against a running gateway (PROBES_URL=...)"
 	@echo "make bench  performance benchmarks (the router's signal evaluation by input size)"
+	@echo "make oci    the plugin as a reproducible Istio Wasm OCI image in $(OCI_DIR) (layout + oci-archive)"
 	@echo "make clean  remove build outputs and the Python venv"
 
 # --- dependencies: installed when missing -------------------------------------------------
@@ -84,3 +85,11 @@ bench:
 clean:
 	$(CARGO) clean
 	rm -rf $(VENV) .run
+
+# The Istio Wasm image ("compat" variant: one tar+gzip layer holding plugin.wasm), byte for byte
+# the same on every build: $(OCI_DIR)/layout (an OCI image layout) and $(OCI_DIR)/looper.oci.tar
+# (the same as an oci-archive). Push: skopeo copy oci-archive:$(OCI_DIR)/looper.oci.tar docker://REGISTRY/looper:$(OCI_TAG)
+OCI_DIR ?= target/oci
+OCI_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+oci: build
+	python3 integration/oci/build.py --tag $(OCI_TAG) $(WASM) $(OCI_DIR)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ENVOY, ROOT, Stack, default_plugin_config
+from conftest import ENVOY, ROOT, Stack, default_plugin_config, wasm_filter
 
 EXAMPLES = sorted(p for p in (ROOT / "examples").rglob("envoy.yaml"))
 
@@ -15,7 +15,13 @@ EXAMPLES = sorted(p for p in (ROOT / "examples").rglob("envoy.yaml"))
 @pytest.mark.parametrize("path", EXAMPLES + [ROOT / "envoy.yaml"],
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_envoy_configurations_validate(path):
-    env = dict(os.environ, OPENAI_API_KEY="sk-test", LOOPER_API_KEY="k")
+    # Validation runs the plugin's on_configure, which needs every credential variable the
+    # file exposes to the VM: give each a dummy value.
+    import yaml
+    vm_env = wasm_filter(yaml.safe_load(path.read_text()))["vm_config"].get(
+        "environment_variables", {})
+    env = dict(os.environ, **{key: "dummy" for key in vm_env.get("host_env_keys", [])})
+    env.update(OPENAI_API_KEY="sk-test", LOOPER_API_KEY="k")
     result = subprocess.run([str(ENVOY), "--mode", "validate", "-c", str(path)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
