@@ -7,7 +7,8 @@
 
 use crate::config::Config;
 use crate::exchange::{
-    Command, Exchange, Flow, RequestHead, ResponseHead, STREAM_CLUSTER_HEADER, TRACE_HEADER,
+    Command, Exchange, Flow, RequestHead, ResponseHead, FORWARDED_CLIENT_HEADERS,
+    STREAM_AUTHORITY_HEADER, STREAM_CLUSTER_HEADER, TRACE_HEADER,
 };
 use crate::gateway::Gateway;
 use crate::looper::{CallId, CallResult};
@@ -192,26 +193,31 @@ impl Filter {
                 Command::ForwardUpstream {
                     headers,
                     credential,
-                    remove,
                     body,
                 } => {
-                    for name in &remove {
-                        let _ =
-                            hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, None);
+                    // The client's headers are replaced whole: only what routes the request
+                    // and tracing survive, so no client cookie, key or header reaches the
+                    // model.
+                    let original =
+                        hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+                    let kept = original.iter().filter(|(name, _)| {
+                        matches!(name.as_str(), ":method" | ":scheme" | ":authority")
+                            || FORWARDED_CLIENT_HEADERS.contains(&name.as_str())
+                    });
+                    let mut map: Vec<(&str, &[u8])> = kept
+                        .map(|(name, value)| (name.as_str(), value.as_slice()))
+                        .collect();
+                    map.extend(
+                        headers
+                            .iter()
+                            .map(|(name, value)| (name.as_str(), value.as_bytes())),
+                    );
+                    if let Some((name, value)) = &credential {
+                        map.push((name.as_str(), value.expose().as_bytes()));
                     }
-                    let credential = credential
-                        .as_ref()
-                        .map(|(name, value)| (name.as_str(), value.expose()));
-                    for (name, value) in headers
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str()))
-                        .chain(credential)
+                    if let Err(status) = hostcalls::set_map_bytes(MapType::HttpRequestHeaders, map)
                     {
-                        let _ = hostcalls::set_map_value_bytes(
-                            MapType::HttpRequestHeaders,
-                            name,
-                            Some(value.as_bytes()),
-                        );
+                        error!("looper: the final call's headers were refused: {status:?}");
                     }
                     if let Err(status) = hostcalls::set_buffer(
                         BufferType::HttpRequestBody,
@@ -306,17 +312,16 @@ impl Context for Filter {
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        // Only the gateway routes a final call by cluster and host; never a client, whatever
+        // the plugin's state.
+        for name in [STREAM_CLUSTER_HEADER, STREAM_AUTHORITY_HEADER] {
+            if header(MapType::HttpRequestHeaders, name).is_some() {
+                let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, None);
+            }
+        }
         let Some(exchange) = self.exchange.as_mut() else {
             return Action::Continue;
         };
-        // Only the gateway routes a final call by cluster name; never a client.
-        if header(MapType::HttpRequestHeaders, STREAM_CLUSTER_HEADER).is_some() {
-            let _ = hostcalls::set_map_value_bytes(
-                MapType::HttpRequestHeaders,
-                STREAM_CLUSTER_HEADER,
-                None,
-            );
-        }
         let method = header(MapType::HttpRequestHeaders, ":method").unwrap_or_default();
         let path = header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
         let trace = header(MapType::HttpRequestHeaders, TRACE_HEADER);
@@ -379,20 +384,26 @@ impl HttpContext for Filter {
         let status = header(MapType::HttpResponseHeaders, ":status")
             .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
             .unwrap_or(0);
+        let event_stream = header(MapType::HttpResponseHeaders, "content-type")
+            .is_some_and(|t| t.trim_ascii().starts_with(b"text/event-stream"))
+            && header(MapType::HttpResponseHeaders, "content-encoding")
+                .is_none_or(|e| e.trim_ascii().eq_ignore_ascii_case(b"identity"));
         let now = self.clock.now();
-        match exchange.on_response_headers(status, now) {
+        match exchange.on_response_headers(status, event_stream, now) {
             ResponseHead::Untouched => Action::Continue,
-            ResponseHead::Stream { set, remove } => {
-                for name in &remove {
-                    let _ =
-                        hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, None);
+            ResponseHead::Stream { headers } => {
+                let date = header(MapType::HttpResponseHeaders, "date");
+                let mut map: Vec<(&str, &[u8])> = vec![(":status", b"200")];
+                if let Some(date) = &date {
+                    map.push(("date", date.as_slice()));
                 }
-                for (name, value) in &set {
-                    let _ = hostcalls::set_map_value_bytes(
-                        MapType::HttpResponseHeaders,
-                        name,
-                        Some(value.as_bytes()),
-                    );
+                map.extend(
+                    headers
+                        .iter()
+                        .map(|(name, value)| (name.as_str(), value.as_bytes())),
+                );
+                if let Err(status) = hostcalls::set_map_bytes(MapType::HttpResponseHeaders, map) {
+                    error!("looper: the stream's headers were refused: {status:?}");
                 }
                 self.drain();
                 Action::Continue

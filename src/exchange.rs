@@ -20,6 +20,21 @@ pub const MODELS_PATH: &str = "/v1/models";
 /// Request header the gateway sets to route a streamed final call; one from a client is
 /// always removed, so a client can never pick a cluster.
 pub const STREAM_CLUSTER_HEADER: &str = "x-looper-cluster";
+/// The upstream's `:authority` for a streamed final call (the route rewrites the host from
+/// it, so route matching still sees the client's host); removed from client requests too.
+pub const STREAM_AUTHORITY_HEADER: &str = "x-looper-authority";
+/// Client request headers a streamed final call keeps: tracing, nothing else.
+pub const FORWARDED_CLIENT_HEADERS: &[&str] = &[
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "x-forwarded-proto",
+];
 /// Request header with which a client asks for `looper_trace` (honoured only when the
 /// operator allows traces).
 pub const TRACE_HEADER: &str = "x-looper-trace";
@@ -43,15 +58,17 @@ pub enum Command {
         body: Vec<u8>,
         timeout_ms: u64,
     },
-    /// Send the client's own request on as the recipe's final call: set `headers` (the
-    /// route picks the cluster from [`STREAM_CLUSTER_HEADER`]), remove `remove`, replace the
-    /// body, resume. The upstream's answer then streams back through
-    /// [`Exchange::on_response_headers`] and [`Exchange::on_response_body`].
+    /// Send the client's own request on as the recipe's final call: its headers become
+    /// `:method`, `:scheme`, `:authority` (for route matching), the tracing headers of
+    /// [`FORWARDED_CLIENT_HEADERS`], and `headers` (the route picks the cluster from
+    /// [`STREAM_CLUSTER_HEADER`] and the upstream host from [`STREAM_AUTHORITY_HEADER`]);
+    /// nothing else of the client's reaches the model. The body is replaced, the request
+    /// resumed, and the answer streams back through [`Exchange::on_response_headers`] and
+    /// [`Exchange::on_response_body`].
     ForwardUpstream {
         headers: Vec<(String, String)>,
         /// The credential header, kept apart so that no `Debug` output or log shows it.
         credential: Option<(String, Secret)>,
-        remove: Vec<String>,
         body: Vec<u8>,
     },
     /// A local reply; the adapter sends at most one.
@@ -121,12 +138,10 @@ struct FinalStream {
 pub enum ResponseHead {
     /// Not a forwarded call (a pass-through, or already answered): leave it alone.
     Untouched,
-    /// The answer streams: set these headers, remove these, and pass each body chunk
-    /// through [`Exchange::on_response_body`].
-    Stream {
-        set: Vec<(String, String)>,
-        remove: Vec<String>,
-    },
+    /// The answer streams: the response headers become `:status`, `date` and these (the
+    /// upstream's others could reveal the provider), and each body chunk goes through
+    /// [`Exchange::on_response_body`].
+    Stream { headers: Vec<(String, String)> },
     /// The final call failed before any byte: the exchange queued a [`Command::Reply`]
     /// (the recipe's fallback) that replaces the upstream's response.
     Replaced,
@@ -447,7 +462,12 @@ impl Exchange {
 
     /// The response headers of the request as Envoy sends it on: for a forwarded final
     /// call, whether its answer streams or the recipe's fallback replaces it.
-    pub fn on_response_headers(&mut self, status: u16, now: Millis) -> ResponseHead {
+    pub fn on_response_headers(
+        &mut self,
+        status: u16,
+        event_stream: bool,
+        now: Millis,
+    ) -> ResponseHead {
         if self.replied {
             return ResponseHead::Untouched;
         }
@@ -464,9 +484,10 @@ impl Exchange {
         if streaming {
             return ResponseHead::Untouched;
         }
-        if status != 200 {
-            // Nothing was sent yet: the call failed like any other, and the recipe falls
-            // back (a vote over the evidence) as it would have.
+        if status != 200 || !event_stream {
+            // Nothing was sent yet: the call failed like any other (a 200 that is not an
+            // uncompressed event stream could not be rewritten), and the recipe falls back
+            // (a vote over the evidence) as it would have.
             running.stream = None;
             running.looper.on_call_result(
                 call,
@@ -477,17 +498,20 @@ impl Exchange {
                 now,
             );
             self.drain_looper(now);
-            return if self.replied {
-                ResponseHead::Replaced
-            } else {
-                ResponseHead::Untouched
-            };
+            if !self.replied {
+                // A streamed call's policy never retries, so the looper has ended; should it
+                // not have, the upstream's own error must still not reach the client.
+                self.reply_error(&ApiError::all_upstreams_failed(
+                    "the final call failed before its first byte",
+                ));
+            }
+            return ResponseHead::Replaced;
         }
         let config = Rc::clone(self.gateway.config());
         let metrics = self.gateway.metrics();
-        let mut set = looper_headers(&config, running, now.since(self.started));
-        set.push(("content-type".to_string(), "text/event-stream".to_string()));
-        set.push(("cache-control".to_string(), "no-cache".to_string()));
+        let mut headers = looper_headers(&config, running, now.since(self.started));
+        headers.push(("content-type".to_string(), "text/event-stream".to_string()));
+        headers.push(("cache-control".to_string(), "no-cache".to_string()));
         let virtual_name = config
             .virtual_models
             .get(running.virtual_index)
@@ -505,24 +529,17 @@ impl Exchange {
             *running.looper.runtime().usage(),
             running.request.include_usage(),
         );
+        let abandoned = running.looper.runtime().abandoned_calls();
         if let Some(stream) = running.stream.as_mut() {
             stream.rewriter = Some(rewriter);
         }
+        for _ in 0..abandoned {
+            self.commands
+                .push_back(Command::Count(metrics.global(Global::AbandonedCalls)));
+        }
         self.commands
             .push_back(Command::Count(metrics.response_class(200)));
-        ResponseHead::Stream {
-            set,
-            // The upstream's length is not the rewritten stream's; the rest names the
-            // upstream.
-            remove: vec![
-                "content-length".to_string(),
-                "server".to_string(),
-                "x-envoy-upstream-service-time".to_string(),
-                "openai-organization".to_string(),
-                "openai-processing-ms".to_string(),
-                "x-request-id".to_string(),
-            ],
-        }
+        ResponseHead::Stream { headers }
     }
 
     /// Whether response bodies go through [`Exchange::on_response_body`] (a forwarded final
@@ -585,6 +602,17 @@ impl Exchange {
     /// The host is done with the stream (`on_done`): a request without reply was abandoned by
     /// its client.
     pub fn on_stream_done(&mut self) {
+        if let State::Running(running) = &self.state {
+            if let Some(stream) = running.stream.as_ref().filter(|s| s.rewriter.is_some()) {
+                // The answer was streaming and never reached its end: Envoy reset the stream
+                // (an upstream reset, a timeout past the first byte, or the client leaving).
+                if let Some(id) = self.gateway.metrics().model_call(stream.model, "reset") {
+                    self.commands.push_back(Command::Count(id));
+                }
+                self.state = State::Done;
+                return;
+            }
+        }
         if !self.replied && matches!(self.state, State::Running(_) | State::Buffering(_)) {
             let id = self.gateway.metrics().global(Global::ClientAborts);
             self.commands.push_back(Command::Count(id));
@@ -643,7 +671,10 @@ impl Exchange {
                         continue;
                     };
                     let mut headers = vec![
-                        (":authority".to_string(), upstream.authority.clone()),
+                        (
+                            STREAM_AUTHORITY_HEADER.to_string(),
+                            upstream.authority.clone(),
+                        ),
                         (":path".to_string(), upstream.path.clone()),
                         ("content-type".to_string(), "application/json".to_string()),
                         ("content-length".to_string(), body.len().to_string()),
@@ -660,13 +691,6 @@ impl Exchange {
                             .credential
                             .as_ref()
                             .map(|c| (c.header.clone(), c.value.clone())),
-                        // The client's own credential is for the gateway; a compressed
-                        // stream could not be rewritten.
-                        remove: vec![
-                            "authorization".to_string(),
-                            "accept-encoding".to_string(),
-                            TRACE_HEADER.to_string(),
-                        ],
                         body,
                     });
                     running.stream = Some(FinalStream {
@@ -734,10 +758,6 @@ impl Exchange {
         let mut headers = looper_headers(&config, running, latency_ms);
         let abandoned = runtime.abandoned_calls();
         if abandoned > 0 {
-            headers.push((
-                "x-looper-abandoned-calls".to_string(),
-                abandoned.to_string(),
-            ));
             for _ in 0..abandoned {
                 self.commands
                     .push_back(Command::Count(metrics.global(Global::AbandonedCalls)));
@@ -888,6 +908,13 @@ fn looper_headers(config: &Config, running: &Running, latency_ms: u64) -> Vec<(S
         headers.push((
             "x-looper-confidence".to_string(),
             format!("{confidence:.3}"),
+        ));
+    }
+    let abandoned = runtime.abandoned_calls();
+    if abandoned > 0 {
+        headers.push((
+            "x-looper-abandoned-calls".to_string(),
+            abandoned.to_string(),
         ));
     }
     headers

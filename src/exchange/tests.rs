@@ -44,8 +44,8 @@ type Headers = Vec<(String, String)>;
 /// A dispatched call: id, cluster, headers, JSON body, timeout.
 type Dispatched = (CallId, String, Headers, Value, u64);
 
-/// A forwarded final call: headers set (credential included), headers removed, JSON body.
-type Forwarded = (Headers, Vec<String>, Value);
+/// A forwarded final call: headers set (credential included) and JSON body.
+type Forwarded = (Headers, Value);
 
 struct Drained {
     calls: Vec<Dispatched>,
@@ -88,14 +88,13 @@ fn drain(gw: &Gateway, ex: &mut Exchange) -> Drained {
             Command::ForwardUpstream {
                 mut headers,
                 credential,
-                remove,
                 body,
             } => {
                 assert!(d.forwarded.is_none(), "two forwarded calls");
                 if let Some((name, value)) = credential {
                     headers.push((name, value.expose().to_string()));
                 }
-                d.forwarded = Some((headers, remove, serde_json::from_slice(&body).unwrap()));
+                d.forwarded = Some((headers, serde_json::from_slice(&body).unwrap()));
             }
             Command::Reply {
                 status,
@@ -879,12 +878,12 @@ fn the_synthesis_of_a_streaming_request_is_forwarded_and_its_stream_rewritten() 
     let gw = streaming_gateway(true);
     let (mut ex, d) = remom_until_synthesis(&gw, false);
     assert!(d.calls.is_empty(), "the synthesis is not a dispatched call");
-    let (headers, remove, body) = d.forwarded.unwrap();
+    let (headers, body) = d.forwarded.unwrap();
     assert_eq!(header(&headers, "x-looper-cluster"), Some("sim"));
+    assert_eq!(header(&headers, "x-looper-authority"), Some("sim"));
+    assert_eq!(header(&headers, ":authority"), None, "route matching keeps the client's");
     assert_eq!(header(&headers, ":path"), Some("/v1/chat/completions"));
     assert_eq!(header(&headers, "authorization"), Some("Bearer k-123"));
-    assert!(remove.contains(&"authorization".to_string()));
-    assert!(remove.contains(&"accept-encoding".to_string()));
     assert_eq!(body["model"], "sim-small");
     assert_eq!(body["stream"], true);
     assert_eq!(body["stream_options"], json!({"include_usage": true}));
@@ -899,12 +898,11 @@ fn the_synthesis_of_a_streaming_request_is_forwarded_and_its_stream_rewritten() 
         )
     );
 
-    let ResponseHead::Stream { set, remove } = ex.on_response_headers(200, T0) else {
+    let ResponseHead::Stream { headers: set } = ex.on_response_headers(200, true, T0) else {
         panic!("not streamed");
     };
     assert_eq!(header(&set, "content-type"), Some("text/event-stream"));
     assert_eq!(header(&set, "x-looper-calls"), Some("3"));
-    assert!(remove.contains(&"content-length".to_string()));
     assert!(ex.rewrites_response());
     let upstream = "data: {\"model\":\"sim-small\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ANSWER: B\"}}]}\n\n\
                     data: {\"model\":\"sim-small\",\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\ndata: [DONE]\n\n";
@@ -932,7 +930,7 @@ fn a_forwarded_synthesis_that_fails_before_any_byte_falls_back_to_the_vote() {
     let gw = streaming_gateway(true);
     let (mut ex, d) = remom_until_synthesis(&gw, false);
     assert!(d.forwarded.is_some());
-    assert_eq!(ex.on_response_headers(503, T0), ResponseHead::Replaced);
+    assert_eq!(ex.on_response_headers(503, false, T0), ResponseHead::Replaced);
     let (status, headers, body) = drain(&gw, &mut ex).reply.unwrap();
     assert_eq!(status, 200);
     assert_eq!(header(&headers, "content-type"), Some("text/event-stream"));
@@ -944,6 +942,31 @@ fn a_forwarded_synthesis_that_fails_before_any_byte_falls_back_to_the_vote() {
         ex.on_response_body(b"upstream connect error", true, T0),
         None
     );
+}
+
+#[test]
+fn a_forwarded_synthesis_answering_200_without_an_event_stream_falls_back_too() {
+    let gw = streaming_gateway(true);
+    let (mut ex, _) = remom_until_synthesis(&gw, false);
+    assert_eq!(ex.on_response_headers(200, false, T0), ResponseHead::Replaced);
+    let (status, _, body) = drain(&gw, &mut ex).reply.unwrap();
+    assert_eq!(status, 200);
+    assert!(String::from_utf8(body).unwrap().contains("ANSWER: B"));
+}
+
+#[test]
+fn a_synthesis_whose_failure_would_be_retried_is_not_streamed() {
+    let gw = gateway_with(json!({
+        "recipes": {"rm": {"algorithm": "remom", "contract": {"type": "choice"},
+                           "pool": [{"model": "medium"}, {"model": "small"}],
+                           "breadth_schedule": [2], "synthesizer": "small",
+                           "on_failure": {"policy": "fallback", "model": "medium"}}},
+        "virtual_models": {"looper/remom": {"recipe": "rm"}},
+        "stream_final_call": true
+    }));
+    let (_, d) = remom_until_synthesis(&gw, false);
+    assert!(d.forwarded.is_none());
+    assert_eq!(d.calls.len(), 1);
 }
 
 #[test]

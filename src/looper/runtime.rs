@@ -691,7 +691,14 @@ impl Runtime {
                 self.skipped.push(id);
                 continue;
             }
-            let streamed = self.stream_final && plan.final_answer && self.in_flight == 0;
+            // A streamed call's failure must end the request at once (its answer would be
+            // the reply): a policy that retries it elsewhere keeps it buffered.
+            let retries = matches!(
+                plan.on_failure.unwrap_or(self.recipe.on_failure),
+                FailurePolicy::Fallback(_)
+            );
+            let streamed =
+                self.stream_final && plan.final_answer && self.in_flight == 0 && !retries;
             let mut body = self.body(model, &plan);
             if streamed {
                 body = with_stream(&body);

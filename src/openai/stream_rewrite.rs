@@ -127,6 +127,14 @@ impl StreamRewriter {
         };
         if data == b"[DONE]" {
             self.saw_done = true;
+            if self.client_wants_usage && self.upstream_usage.is_none() {
+                // The upstream ignored `include_usage`: the client still learns what the
+                // earlier calls used.
+                let chunk = json!({"id": self.id, "object": "chat.completion.chunk",
+                    "created": self.created, "model": self.model, "choices": [],
+                    "usage": self.earlier_usage.to_json()});
+                out.extend(format!("data: {chunk}\n\n").into_bytes());
+            }
             out.extend_from_slice(b"data: [DONE]\n\n");
             return;
         }
@@ -330,6 +338,17 @@ mod tests {
         let events = events(&out);
         assert_eq!(events.len(), 2);
         assert!(events[0]["error"].is_object());
+    }
+
+    #[test]
+    fn without_an_upstream_usage_chunk_the_earlier_usage_is_still_reported() {
+        let mut r = rewriter(true);
+        let input = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n";
+        let mut out = r.feed(input.as_bytes());
+        out.extend(r.finish());
+        let events = events(&out);
+        assert_eq!(events[1]["usage"]["total_tokens"], 150);
+        assert_eq!(events[2], "[DONE]");
     }
 
     #[test]
