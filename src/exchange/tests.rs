@@ -881,7 +881,11 @@ fn the_synthesis_of_a_streaming_request_is_forwarded_and_its_stream_rewritten() 
     let (headers, body) = d.forwarded.unwrap();
     assert_eq!(header(&headers, "x-looper-cluster"), Some("sim"));
     assert_eq!(header(&headers, "x-looper-authority"), Some("sim"));
-    assert_eq!(header(&headers, ":authority"), None, "route matching keeps the client's");
+    assert_eq!(
+        header(&headers, ":authority"),
+        None,
+        "route matching keeps the client's"
+    );
     assert_eq!(header(&headers, ":path"), Some("/v1/chat/completions"));
     assert_eq!(header(&headers, "authorization"), Some("Bearer k-123"));
     assert_eq!(body["model"], "sim-small");
@@ -930,7 +934,10 @@ fn a_forwarded_synthesis_that_fails_before_any_byte_falls_back_to_the_vote() {
     let gw = streaming_gateway(true);
     let (mut ex, d) = remom_until_synthesis(&gw, false);
     assert!(d.forwarded.is_some());
-    assert_eq!(ex.on_response_headers(503, false, T0), ResponseHead::Replaced);
+    assert_eq!(
+        ex.on_response_headers(503, false, T0),
+        ResponseHead::Replaced
+    );
     let (status, headers, body) = drain(&gw, &mut ex).reply.unwrap();
     assert_eq!(status, 200);
     assert_eq!(header(&headers, "content-type"), Some("text/event-stream"));
@@ -948,7 +955,10 @@ fn a_forwarded_synthesis_that_fails_before_any_byte_falls_back_to_the_vote() {
 fn a_forwarded_synthesis_answering_200_without_an_event_stream_falls_back_too() {
     let gw = streaming_gateway(true);
     let (mut ex, _) = remom_until_synthesis(&gw, false);
-    assert_eq!(ex.on_response_headers(200, false, T0), ResponseHead::Replaced);
+    assert_eq!(
+        ex.on_response_headers(200, false, T0),
+        ResponseHead::Replaced
+    );
     let (status, _, body) = drain(&gw, &mut ex).reply.unwrap();
     assert_eq!(status, 200);
     assert!(String::from_utf8(body).unwrap().contains("ANSWER: B"));
