@@ -3,7 +3,7 @@
 //! JSON or SSE with the `x-looper-*` headers. Plain Rust: the adapter feeds it host events and
 //! carries out the [`Command`]s it returns.
 
-use crate::config::{routing, ModelId, ReplyModelName, RouterId, Secret, Target};
+use crate::config::{routing, ModelId, ReplyModelName, RouterId, Secret, Target, UpstreamModel};
 use crate::config::{Algorithm, Config};
 use crate::gateway::Gateway;
 use crate::looper::{Answer, CallId, CallResult, Looper, LooperCommand, LooperEvent};
@@ -652,10 +652,7 @@ impl Exchange {
                         call,
                         cluster: upstream.cluster.clone(),
                         headers,
-                        credential: upstream
-                            .credential
-                            .as_ref()
-                            .map(|c| (c.header.clone(), c.value.clone())),
+                        credential: credential_of(upstream),
                         body,
                         timeout_ms,
                     });
@@ -687,10 +684,7 @@ impl Exchange {
                     headers.extend(upstream.extra_headers.iter().cloned());
                     self.commands.push_back(Command::ForwardUpstream {
                         headers,
-                        credential: upstream
-                            .credential
-                            .as_ref()
-                            .map(|c| (c.header.clone(), c.value.clone())),
+                        credential: credential_of(upstream),
                         body,
                     });
                     running.stream = Some(FinalStream {
@@ -854,6 +848,14 @@ impl Exchange {
             body,
         });
     }
+}
+
+/// The credential header a model's calls carry, if it has one.
+fn credential_of(upstream: &UpstreamModel) -> Option<(String, Secret)> {
+    upstream
+        .credential
+        .as_ref()
+        .map(|c| (c.header.clone(), c.value.clone()))
 }
 
 /// The `x-looper-*` headers of a reply: what ran, why, and at what cost.

@@ -126,19 +126,6 @@ pub enum Messages {
     Own(Rc<Value>),
 }
 
-/// The body with `stream: true` and `stream_options.include_usage: true`: the streamed final
-/// call must report its usage for the reply's total.
-fn with_stream(body: &[u8]) -> Vec<u8> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(mut obj)) => {
-            obj.insert("stream".into(), json!(true));
-            obj.insert("stream_options".into(), json!({"include_usage": true}));
-            Value::Object(obj).to_string().into_bytes()
-        }
-        _ => body.to_vec(),
-    }
-}
-
 /// Client fields that do not belong in a call with the gateway's own prompt.
 const CLIENT_ONLY_FIELDS: &[&str] = &[
     // The client's length limit is for its answer; a verdict or an analysis cut short is
@@ -699,10 +686,17 @@ impl Runtime {
             );
             let streamed =
                 self.stream_final && plan.final_answer && self.in_flight == 0 && !retries;
-            let mut body = self.body(model, &plan);
-            if streamed {
-                body = with_stream(&body);
-            }
+            let body = if streamed {
+                // The streamed call must report its usage for the reply's total.
+                let mut streaming = (*plan).clone();
+                streaming.set.push(("stream", json!(true)));
+                streaming
+                    .set
+                    .push(("stream_options", json!({"include_usage": true})));
+                self.body(model, &streaming)
+            } else {
+                self.body(model, &plan)
+            };
             let now = self.now;
             if let Some(record) = self.calls.get_mut(id.0 as usize) {
                 record.state = CallState::InFlight;
