@@ -7,10 +7,11 @@ PYTHON    := $(VENV)/bin/python
 ENVOY     := $(VENV)/bin/envoy
 WASM      := target/wasm32-wasip1/release/looper.wasm
 SIM       := target/release/looper-sim
+OHA       := $(VENV)/tools/bin/oha
 REQS      := integration/e2e/requirements.txt
 CARGO     ?= cargo
 
-.PHONY: help deps wasm-target build run test lint unit host-test e2e compare eval probes bench clean oci
+.PHONY: help deps wasm-target build run test lint unit host-test e2e compare eval probes bench bench-gateway clean oci
 
 help:
 	@echo "make run    build the plugin and simulator, start them behind Envoy on 127.0.0.1:10000"
@@ -19,7 +20,7 @@ help:
 	@echo "make compare  quick comparison of every recipe against the single models"
 	@echo "make eval   quality benchmark with theory and controls (EVAL_ARGS='--items 2000' for the full size)"
 	@echo "make probes check the auto router's probe table against a running gateway (PROBES_URL=...)"
-	@echo "make bench  performance benchmarks (the router's signal evaluation by input size)"
+	@echo "make bench  performance: router and core cost (native), the gateway's cost over plain Envoy"
 	@echo "make oci    the plugin as a reproducible Istio Wasm OCI image in $(OCI_DIR) (layout + oci-archive)"
 	@echo "make clean  remove build outputs and the Python venv"
 
@@ -78,9 +79,21 @@ PROBES_URL ?= http://127.0.0.1:10000
 probes: deps
 	$(PYTHON) integration/probes/run_probes.py --url $(PROBES_URL)
 
-# Signal evaluation cost per request by input size (native, release build).
-bench:
+# Performance: the router's signal cost by input size and the sans-IO core's cost per recipe
+# (native), then the gateway's cost over plain Envoy in one run (real Envoy, oha at fixed rates).
+# BENCH_ARGS go to integration/bench/gateway.py (e.g. --seconds 5 --reps 3).
+bench: build $(OHA)
 	$(CARGO) bench -p looper --bench signals
+	$(CARGO) bench -p looper --bench core
+	$(PYTHON) integration/bench/gateway.py $(BENCH_ARGS)
+
+# Only the gateway-over-Envoy part of `make bench`.
+bench-gateway: build $(OHA)
+	$(PYTHON) integration/bench/gateway.py $(BENCH_ARGS)
+
+# The load generator, built from crates.io into the git-ignored venv (about 6 minutes the first time).
+$(OHA):
+	$(CARGO) install oha --version 1.16.0 --locked --root $(VENV)/tools
 
 clean:
 	$(CARGO) clean

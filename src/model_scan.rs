@@ -77,11 +77,22 @@ impl ModelScanner {
 
     /// Feeds the next bytes of the body; returns the result once it is known.
     pub fn feed(&mut self, bytes: &[u8]) -> &Scan {
-        for &b in bytes {
+        let mut rest = bytes;
+        while let Some((&b, tail)) = rest.split_first() {
             if self.result != Scan::Pending {
                 break;
             }
             self.step(b);
+            rest = tail;
+            // Inside a string nobody captures (message text: nearly all of a body), only a
+            // quote or a backslash can matter, so the bytes between are skipped in one search.
+            if self.in_string && !self.escape && self.capture == Capture::None {
+                let skip = rest
+                    .iter()
+                    .position(|&c| c == b'"' || c == b'\\')
+                    .unwrap_or(rest.len());
+                rest = rest.get(skip..).unwrap_or_default();
+            }
         }
         &self.result
     }
@@ -256,6 +267,23 @@ mod tests {
         );
         assert_eq!(s.feed(br#"el":"vllm-"#), &Scan::Pending);
         assert_eq!(s.feed(br#"sr/auto","#), &Scan::Model("vllm-sr/auto".into()));
+    }
+
+    #[test]
+    fn skipped_string_text_keeps_escapes_across_chunks() {
+        let body =
+            r#"{"messages":[{"content":"a \\\" } \\\\ \" \"model\": \"no\" ]"}],"model":"yes"}"#;
+        assert_eq!(scan_whole(body), Scan::Model("yes".into()));
+        assert_eq!(scan_bytewise(body), Scan::Model("yes".into()));
+        for cut in 0..body.len() {
+            let mut s = ModelScanner::default();
+            s.feed(&body.as_bytes()[..cut]);
+            assert_eq!(
+                s.feed(&body.as_bytes()[cut..]),
+                &Scan::Model("yes".into()),
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]

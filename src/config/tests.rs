@@ -558,3 +558,11 @@ fn workflows_errors_name_the_field() {
         assert_eq!(error_path(&v), path, "{extra}");
     }
 }
+
+#[test]
+fn the_benchmark_configuration_is_accepted() {
+    // `make bench` runs this configuration in real Envoy; a refusal would only show there.
+    let bytes = include_bytes!("../../integration/bench/gateway/plugin.json");
+    let config = Config::from_json(bytes, &|_| None).expect("the bench configuration loads");
+    assert_eq!(config.virtual_models.len(), 8);
+}

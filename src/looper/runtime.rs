@@ -8,6 +8,7 @@ use crate::config::{Config, FailurePolicy, ModelId, Recipe};
 use crate::openai::{ApiError, ChatRequest, Edit, UpstreamCompletion, Usage};
 use crate::prompt;
 use crate::time::Millis;
+use serde_json::value::{to_raw_value, RawValue};
 use serde_json::{json, Map, Value};
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -244,6 +245,9 @@ pub struct CallRecord {
     /// The looper stopped waiting for it (its result may still arrive and be billed).
     pub abandoned: bool,
     plan: Rc<CallPlan>,
+    /// The gateway's own prompt as JSON text, serialised once for the token estimate and
+    /// taken by the body when the call starts.
+    own_messages: Option<Box<RawValue>>,
     /// Tokens and cost set aside for this call while it is queued or in flight.
     reserved_tokens: u64,
     reserved_cost: f64,
@@ -255,8 +259,9 @@ pub struct Runtime {
     config: Rc<Config>,
     recipe: Rc<Recipe>,
     request: Rc<ChatRequest>,
-    /// The client's messages with the contract instruction, built on first use.
-    instructed_messages: Option<Rc<Value>>,
+    /// The client's messages with the contract instruction as JSON text, built on first use
+    /// and spliced into every sub-call that asks with the client's conversation.
+    instructed_messages: Option<Rc<RawValue>>,
     started: Millis,
     deadline: Millis,
     deadline_ms: u64,
@@ -464,10 +469,11 @@ impl Runtime {
 
     /// Tokens a call is expected to use at most: its prompt (about four bytes a token) and
     /// its completion limit.
-    fn estimate(&self, model: ModelId, plan: &CallPlan) -> (u64, f64) {
-        let prompt_bytes = match &plan.messages {
-            Messages::Client => self.request.body_len(),
-            Messages::Own(messages) => messages.to_string().len(),
+    fn estimate(&self, model: ModelId, plan: &CallPlan, own: Option<&RawValue>) -> (u64, f64) {
+        let prompt_bytes = match (&plan.messages, own) {
+            (Messages::Client, _) => self.request.body_len(),
+            (Messages::Own(_), Some(raw)) => raw.get().len(),
+            (Messages::Own(messages), None) => messages.to_string().len(),
         };
         let prompt = (prompt_bytes as u64).div_ceil(4);
         let limit = |v: Option<&Value>| v.and_then(Value::as_u64);
@@ -535,7 +541,11 @@ impl Runtime {
         plan: CallPlan,
         fallback_of: Option<CallId>,
     ) -> Result<CallId, Stop> {
-        let (tokens, cost) = self.estimate(model, &plan);
+        let own_messages = match &plan.messages {
+            Messages::Own(messages) => to_raw_value(&**messages).ok(),
+            Messages::Client => None,
+        };
+        let (tokens, cost) = self.estimate(model, &plan, own_messages.as_deref());
         if let Some(stop) = self.refusal(&plan, tokens, cost) {
             let alias = self.alias(model).to_string();
             self.note(format!(
@@ -570,6 +580,7 @@ impl Runtime {
             fallback_of,
             abandoned: false,
             plan: Rc::new(plan),
+            own_messages,
             reserved_tokens: tokens,
             reserved_cost: cost,
         });
@@ -587,28 +598,37 @@ impl Runtime {
         }
     }
 
-    /// The sub-call body for `plan` on `model`.
-    fn body(&mut self, model: ModelId, plan: &CallPlan) -> Vec<u8> {
+    /// The client's messages with the contract instruction, as JSON text (serialised once a
+    /// request, however many sub-calls carry them).
+    fn instructed_messages(&mut self) -> Option<Rc<RawValue>> {
+        if self.instructed_messages.is_none() {
+            let messages = prompt::with_instruction(
+                self.request.field("messages").unwrap_or(&Value::Null),
+                self.recipe.contract.instruction().as_deref(),
+            );
+            self.instructed_messages = to_raw_value(&messages).ok().map(Rc::from);
+        }
+        self.instructed_messages.clone()
+    }
+
+    /// The sub-call body for `plan` on `model`; `own` is the plan's own prompt already
+    /// serialised, when it has one.
+    fn body(&mut self, model: ModelId, plan: &CallPlan, own: Option<Box<RawValue>>) -> Vec<u8> {
         let Some(upstream) = self.config.model(model) else {
             return Vec::new();
         };
         let upstream_model = upstream.upstream_model.clone();
-        let messages = match &plan.messages {
-            Messages::Client => {
-                let instructed = match &self.instructed_messages {
-                    Some(m) => Rc::clone(m),
-                    None => {
-                        let m = Rc::new(prompt::with_instruction(
-                            self.request.field("messages").unwrap_or(&Value::Null),
-                            self.recipe.contract.instruction().as_deref(),
-                        ));
-                        self.instructed_messages = Some(Rc::clone(&m));
-                        m
-                    }
-                };
-                instructed
-            }
-            Messages::Own(m) => Rc::clone(m),
+        let client_messages = match plan.messages {
+            Messages::Client => self.instructed_messages(),
+            Messages::Own(_) => None,
+        };
+        let own = match (&plan.messages, own) {
+            (Messages::Own(_), Some(raw)) => Some(raw),
+            (Messages::Own(m), None) => to_raw_value(&**m).ok(),
+            (Messages::Client, _) => None,
+        };
+        let Some(messages) = client_messages.as_deref().or(own.as_deref()) else {
+            return Vec::new();
         };
         let mut values: Vec<(&str, Value)> = Vec::new();
         if let Some(params) = self.recipe.role(plan.role) {
@@ -631,7 +651,7 @@ impl Runtime {
             values.retain(|(k, _)| k != key);
             values.push((key, value.clone()));
         }
-        let mut edits: Vec<(&str, Edit<'_>)> = vec![("messages", Edit::Set(&messages))];
+        let mut edits: Vec<(&str, Edit<'_>)> = vec![("messages", Edit::Raw(messages))];
         if matches!(plan.messages, Messages::Own(_)) {
             for field in CLIENT_ONLY_FIELDS {
                 edits.push((field, Edit::Remove));
@@ -686,6 +706,10 @@ impl Runtime {
             );
             let streamed =
                 self.stream_final && plan.final_answer && self.in_flight == 0 && !retries;
+            let own = self
+                .calls
+                .get_mut(id.0 as usize)
+                .and_then(|record| record.own_messages.take());
             let body = if streamed {
                 // The streamed call must report its usage for the reply's total.
                 let mut streaming = (*plan).clone();
@@ -693,9 +717,9 @@ impl Runtime {
                 streaming
                     .set
                     .push(("stream_options", json!({"include_usage": true})));
-                self.body(model, &streaming)
+                self.body(model, &streaming, own)
             } else {
-                self.body(model, &plan)
+                self.body(model, &plan, own)
             };
             let now = self.now;
             if let Some(record) = self.calls.get_mut(id.0 as usize) {

@@ -2,7 +2,8 @@
 
 use super::upstream::UpstreamCompletion;
 use super::usage::Usage;
-use serde_json::{json, Map, Value};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Map, Value};
 
 /// Top-level fields of an upstream reply that are carried over. The rest (`id`, `model`,
 /// `usage`...) belong to the gateway, and provider extensions (vLLM's `kv_transfer_params`,
@@ -59,18 +60,88 @@ impl FinalCompletion {
         }
     }
 
-    /// The JSON reply, with the optional `looper_trace` object.
+    /// The JSON reply, with the optional `looper_trace` object. Serialised straight from
+    /// the fields: the choices are not copied into a new object first.
     pub fn to_json(&self, trace: Option<Value>) -> Vec<u8> {
-        let mut obj = self.extra.clone();
-        obj.insert("id".into(), json!(self.id));
-        obj.insert("object".into(), json!("chat.completion"));
-        obj.insert("created".into(), json!(self.created));
-        obj.insert("model".into(), json!(self.model));
-        obj.insert("choices".into(), Value::Array(self.choices.clone()));
-        obj.insert("usage".into(), self.usage.to_json());
-        if let Some(trace) = trace {
-            obj.insert("looper_trace".into(), trace);
+        let reply = Reply {
+            completion: self,
+            trace: trace.as_ref(),
+        };
+        // A map of JSON values always serialises; an empty body would still be a reply.
+        serde_json::to_vec(&reply).unwrap_or_default()
+    }
+}
+
+struct Reply<'a> {
+    completion: &'a FinalCompletion,
+    trace: Option<&'a Value>,
+}
+
+impl Serialize for Reply<'_> {
+    /// Keys in alphabetical order, as a JSON object of this crate always had them; the
+    /// carried fields all sort between `object` and `usage`.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let c = self.completion;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("choices", &c.choices)?;
+        map.serialize_entry("created", &c.created)?;
+        map.serialize_entry("id", &c.id)?;
+        if let Some(trace) = self.trace {
+            map.serialize_entry("looper_trace", trace)?;
         }
-        Value::Object(obj).to_string().into_bytes()
+        map.serialize_entry("model", &c.model)?;
+        map.serialize_entry("object", "chat.completion")?;
+        for (key, value) in &c.extra {
+            map.serialize_entry(key, value)?;
+        }
+        map.serialize_entry("usage", &c.usage.to_json())?;
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reply_has_every_field_once_in_key_order() {
+        let mut extra = Map::new();
+        extra.insert("system_fingerprint".into(), json!("fp"));
+        extra.insert("service_tier".into(), json!("default"));
+        let completion = FinalCompletion {
+            id: "chatcmpl-1".into(),
+            created: 7,
+            model: "v/m".into(),
+            choices: vec![json!({"index": 0, "message": {"role": "assistant", "content": "hi"}})],
+            usage: Usage::default(),
+            extra,
+        };
+        for trace in [None, Some(json!({"steps": []}))] {
+            let bytes = completion.to_json(trace.clone());
+            let value: Value = serde_json::from_slice(&bytes).unwrap();
+            let keys: Vec<&str> = value
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let mut sorted = keys.clone();
+            sorted.sort_unstable();
+            assert_eq!(keys, sorted, "keys in order");
+            assert_eq!(value["object"], "chat.completion");
+            assert_eq!(value["id"], "chatcmpl-1");
+            assert_eq!(value["service_tier"], "default");
+            assert_eq!(value["choices"][0]["message"]["content"], "hi");
+            assert_eq!(value.get("looper_trace"), trace.as_ref());
+            // Parsing into a map would hide a repeated key: count them in the text.
+            assert_eq!(
+                String::from_utf8(bytes)
+                    .unwrap()
+                    .matches("\"model\"")
+                    .count(),
+                1
+            );
+        }
     }
 }

@@ -5,6 +5,7 @@
 
 use super::error::ApiError;
 use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Hard cap on `n`; OpenAI allows 128.
@@ -160,6 +161,9 @@ impl ChatRequest {
 #[derive(Clone, Copy, Debug)]
 pub enum Edit<'a> {
     Set(&'a Value),
+    /// Already serialised JSON, spliced in as it is (the same messages in every sub-call
+    /// are serialised once).
+    Raw(&'a RawValue),
     Remove,
 }
 
@@ -175,15 +179,19 @@ impl Serialize for Edited<'_> {
         for (key, value) in self.base {
             match self.edits.iter().find(|(k, _)| k == key) {
                 Some((_, Edit::Set(v))) => map.serialize_entry(key, v)?,
+                Some((_, Edit::Raw(v))) => map.serialize_entry(key, v)?,
                 Some((_, Edit::Remove)) => {}
                 None => map.serialize_entry(key, value)?,
             }
         }
         for (key, edit) in self.edits {
-            if let Edit::Set(v) = edit {
-                if !self.base.contains_key(*key) {
-                    map.serialize_entry(key, v)?;
-                }
+            if self.base.contains_key(*key) {
+                continue;
+            }
+            match edit {
+                Edit::Set(v) => map.serialize_entry(key, v)?,
+                Edit::Raw(v) => map.serialize_entry(key, v)?,
+                Edit::Remove => {}
             }
         }
         map.end()

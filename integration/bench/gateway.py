@@ -1,0 +1,505 @@
+#!/usr/bin/env python3
+"""What Looper adds on top of Envoy, measured side by side in one run (`make bench`).
+
+One Envoy (`--concurrency 1`, pinned to core 0) serves two listeners in front of the same
+simulator: the plugin route (the wasm filter and the router, as in `envoy.yaml`) and a plain
+route (the router alone). The simulator and the load generator (`oha`, fixed rate) share core 1.
+Windows on the two routes alternate, so drift hits both alike.
+
+Measures, per recipe and body size:
+- CPU per request: Envoy's on-CPU time (`/proc/PID/task/*/schedstat`, every thread) over the
+  window, less its idle rate, divided by completed requests;
+- upstream requests per client request (Envoy's cluster counter) and connections opened;
+- the ratio to the plain route serving the same number of upstream requests of the same size;
+- gateway-added latency of `single` at c=1 (plugin p50/p99 minus plain p50/p99);
+- memory per in-flight request: Little's law with the 50 ms model at two rates, RSS and
+  Envoy's `/memory` sampled while the load runs;
+- the `.wasm` size, V8's idle memory with the module, and the VM start time.
+
+Writes `results/bench-gateway.json` and prints Markdown tables. Loopback only; every load is
+bounded in rate and time, and every process is stopped at the end.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "integration" / "e2e"))
+from conftest import ENVOY, SIM, WASM, envoy_bootstrap, free_port, wasm_filter  # noqa: E402
+
+HERE = Path(__file__).resolve().parent / "gateway"
+OHA = ROOT / ".venv" / "tools" / "bin" / "oha"
+RESULTS = ROOT / "results" / "bench-gateway.json"
+
+ENVOY_CORE = "0"
+LOAD_CORE = "1"
+
+# Recipe name → the legs it is meant to make (the measured count is what is reported).
+GRID = [
+    ("single", 1),
+    ("confidence-2", 2),
+    ("ratings-3", 3),
+    ("remom-1x4", 5),
+    ("remom-2x4", 9),
+    ("fusion-3", 5),
+    ("workflows-4", 4),
+]
+SIZES_KB = [1, 16, 128]
+# Client requests per second by body size: the Envoy core stays well below saturation.
+RATES = {1: 300, 16: 150, 128: 25}
+
+
+def chat_body(model, size_kb):
+    """A chat request of about `size_kb` KiB whose question the simulator answers with a
+    letter (so every contract is met and no repair call is made). `messages` comes before
+    `model`, as the official Python client sends them, so the plugin scans the whole text
+    for the model name."""
+    question = "Which option is right? A) one B) two C) three D) four [sim:mc=B]\n"
+    filler_word = "lorem "
+    envelope = len(json.dumps({"messages": [{"role": "user", "content": ""}], "model": model}))
+    missing = max(0, size_kb * 1024 - envelope - len(question))
+    filler = (filler_word * (missing // len(filler_word) + 1))[:missing]
+    body = {"messages": [{"role": "user", "content": filler + question}], "model": model}
+    return json.dumps(body).encode()
+
+
+def bootstrap(plugin_port, plain_port, admin_port, sim_port):
+    """`envoy.yaml` with the bench's plugin configuration, plus a second listener without
+    the wasm filter: the plain route to the same cluster."""
+    boot = envoy_bootstrap()
+    boot["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    plugin = boot["static_resources"]["listeners"][0]
+    plugin["name"] = "plugin"
+    plugin["address"]["socket_address"]["port_value"] = plugin_port
+    hcm = plugin["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["stat_prefix"] = "plugin"
+    wasm = wasm_filter(boot)
+    wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
+    wasm["configuration"]["value"] = (HERE / "plugin.json").read_text()
+    for cluster in boot["static_resources"]["clusters"]:
+        for ep in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]:
+            ep["endpoint"]["address"]["socket_address"]["port_value"] = sim_port
+
+    plain = json.loads(json.dumps(plugin))
+    plain["name"] = "plain"
+    plain["address"]["socket_address"]["port_value"] = plain_port
+    plain_hcm = plain["filter_chains"][0]["filters"][0]["typed_config"]
+    plain_hcm["stat_prefix"] = "plain"
+    plain_hcm["http_filters"] = [
+        f for f in plain_hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"
+    ]
+    # The plain route is the catch-all route of envoy.yaml (no cluster from a header).
+    vhost = plain_hcm["route_config"]["virtual_hosts"][0]
+    vhost["routes"] = [r for r in vhost["routes"] if "headers" not in r["match"]]
+    boot["static_resources"]["listeners"].append(plain)
+    return boot
+
+
+def plain_only(boot):
+    """The same bootstrap with no wasm filter anywhere (for V8's idle memory and start time)."""
+    boot = json.loads(json.dumps(boot))
+    listeners = boot["static_resources"]["listeners"]
+    boot["static_resources"]["listeners"] = [l for l in listeners if l["name"] == "plain"]
+    return boot
+
+
+class Envoy:
+    def __init__(self, boot, tmp, name):
+        import yaml
+
+        self.admin_port = boot["admin"]["address"]["socket_address"]["port_value"]
+        path = Path(tmp) / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(boot))
+        self.log = Path(tmp) / f"{name}.log"
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", ENVOY_CORE, str(ENVOY), "-c", str(path), "--disable-hot-restart",
+             "--concurrency", "1", "--log-level", "warn", "--log-path", str(self.log),
+             "--base-id", str(free_port())],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        self.ready_s = self._wait_ready()
+
+    def _wait_ready(self):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit("envoy exited:\n" + self.log.read_text())
+            try:
+                if self.admin("/ready")[0] == 200:
+                    return time.monotonic() - self.started
+            except OSError:
+                pass
+            time.sleep(0.01)
+        raise SystemExit("envoy not ready:\n" + self.log.read_text())
+
+    def admin(self, path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
+            return r.status, r.read()
+
+    def counters(self, *names):
+        _, body = self.admin("/stats?format=json&usedonly")
+        stats = {s["name"]: s.get("value", 0) for s in json.loads(body)["stats"] if "name" in s}
+        return {n: stats.get(n, 0) for n in names}
+
+    def cpu_ns(self):
+        """On-CPU time of every Envoy thread, in nanoseconds."""
+        total = 0
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass  # a thread that just ended
+        return total
+
+    def rss_bytes(self):
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def heap_bytes(self):
+        return int(json.loads(self.admin("/memory")[1])["allocated"])
+
+    def close(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def start_simulator():
+    proc = subprocess.Popen(
+        ["taskset", "-c", LOAD_CORE, str(SIM), "--config", str(HERE / "sim.json"),
+         "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        raise SystemExit(f"simulator did not start: {line!r}")
+    return proc, int(line.strip().rsplit(":", 1)[1])
+
+
+def oha(port, body_path, rate, seconds, connections):
+    """One fixed-rate window; returns oha's JSON summary."""
+    cmd = [
+        "taskset", "-c", LOAD_CORE, str(OHA), "--no-tui", "--output-format", "json",
+        "-z", f"{seconds}s", "-w", "-q", str(rate), "-c", str(connections),
+        "--latency-correction", "-m", "POST", "-H", "content-type: application/json",
+        "-D", str(body_path), f"http://127.0.0.1:{port}/v1/chat/completions",
+    ]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=seconds + 60)
+    return json.loads(out.stdout)
+
+
+def succeeded(summary):
+    return sum(n for code, n in summary.get("statusCodeDistribution", {}).items() if code == "200")
+
+
+def failed(summary):
+    codes = summary.get("statusCodeDistribution", {})
+    return sum(n for code, n in codes.items() if code != "200") + sum(
+        summary.get("errorDistribution", {}).values())
+
+
+class Bench:
+    def __init__(self, envoy, tmp, plugin_port, plain_port, seconds):
+        self.envoy = envoy
+        self.tmp = Path(tmp)
+        self.ports = {"plugin": plugin_port, "plain": plain_port}
+        self.seconds = seconds
+        self.idle_ns_per_s = self.idle_rate()
+
+    def idle_rate(self, seconds=2.0):
+        before = self.envoy.cpu_ns()
+        time.sleep(seconds)
+        return (self.envoy.cpu_ns() - before) / seconds
+
+    def body_file(self, model, size_kb):
+        path = self.tmp / f"{model.replace('/', '_')}-{size_kb}k.json"
+        if not path.exists():
+            path.write_bytes(chat_body(model, size_kb))
+        return path
+
+    def window(self, route, model, size_kb, rate, connections=8, seconds=None):
+        """Runs one window and returns CPU, upstream and latency figures for it."""
+        seconds = seconds or self.seconds
+        body = self.body_file(model, size_kb)
+        stats = ("cluster.simulator.upstream_rq_total", "cluster.simulator.upstream_cx_total")
+        before_stats = self.envoy.counters(*stats)
+        before_cpu = self.envoy.cpu_ns()
+        start = time.monotonic()
+        summary = oha(self.ports[route], body, rate, seconds, connections)
+        elapsed = time.monotonic() - start
+        cpu = self.envoy.cpu_ns() - before_cpu - self.idle_ns_per_s * elapsed
+        after_stats = self.envoy.counters(*stats)
+        ok = succeeded(summary)
+        if failed(summary) or ok == 0:
+            raise SystemExit(f"{route} {model} {size_kb} KB: failures: "
+                             f"{summary.get('statusCodeDistribution')} "
+                             f"{summary.get('errorDistribution')}\n"
+                             + self.envoy.log.read_text()[-3000:])
+        upstream = after_stats[stats[0]] - before_stats[stats[0]]
+        return {
+            "requests": ok,
+            "cpu_us_per_request": cpu / ok / 1000,
+            "upstream_requests_per_request": upstream / ok,
+            "connections_opened": after_stats[stats[1]] - before_stats[stats[1]],
+            "p50_ms": summary["latencyPercentiles"]["p50"] * 1000,
+            "p99_ms": summary["latencyPercentiles"]["p99"] * 1000,
+            "mean_ms": summary["summary"]["average"] * 1000,
+            "rps": summary["summary"]["requestsPerSec"],
+        }
+
+    def pair(self, recipe, size_kb, reps):
+        """Alternating plain and plugin windows for one grid cell."""
+        rate = RATES[size_kb]
+        plugin, plain = [], []
+        for _ in range(reps):
+            plain.append(self.window("plain", "sim-a", size_kb, rate))
+            plugin.append(self.window("plugin", f"bench/{recipe}", size_kb, rate))
+        return plugin, plain
+
+
+def median(rows, key):
+    return statistics.median(r[key] for r in rows)
+
+
+def least_squares(rows, ys):
+    """Ordinary least squares by the normal equations; None when a coefficient is not
+    determined (one body size, or one leg count)."""
+    k = len(rows[0])
+    m = [[sum(r[i] * r[j] for r in rows) for j in range(k)]
+         + [sum(r[i] * y for r, y in zip(rows, ys))] for i in range(k)]
+    for col in range(k):
+        pivot = max(range(col, k), key=lambda r: abs(m[r][col]))
+        m[col], m[pivot] = m[pivot], m[col]
+        if abs(m[col][col]) < 1e-9:
+            return None
+        for r in range(k):
+            if r != col:
+                f = m[r][col] / m[col][col]
+                m[r] = [a - f * b for a, b in zip(m[r], m[col])]
+    coef = [m[i][k] / m[i][i] for i in range(k)]
+    mean_y = sum(ys) / len(ys)
+    ss_tot = sum((y - mean_y) ** 2 for y in ys)
+    ss_res = sum((y - sum(c * v for c, v in zip(coef, r))) ** 2 for r, y in zip(rows, ys))
+    return coef, (1 - ss_res / ss_tot if ss_tot else 1.0)
+
+
+def fit_plugin(cells):
+    """cpu = fixed + per_leg * legs + per_kb * kb over the plugin route's cells."""
+    fit = least_squares([(1.0, c["legs"], c["body_kb"]) for c in cells],
+                        [c["plugin_cpu_us"] for c in cells])
+    if fit is None:
+        return None
+    (fixed, per_leg, per_kb), r2 = fit
+    return {"fixed_us": fixed, "per_leg_us": per_leg, "per_kb_us": per_kb, "r2": r2}
+
+
+def fit_plain(cells):
+    """cpu = fixed + per_kb * kb over the plain route's windows (one upstream request each)."""
+    fit = least_squares([(1.0, c["body_kb"]) for c in cells], [c["plain_cpu_us"] for c in cells])
+    if fit is None:
+        return None
+    (fixed, per_kb), r2 = fit
+    return {"fixed_us": fixed, "per_kb_us": per_kb, "r2": r2}
+
+
+def latency_single(bench, reps, seconds):
+    """Gateway-added latency of `single` at c=1 with the zero-latency model, 1 KB bodies."""
+    plugin, plain = [], []
+    for _ in range(reps):
+        plain.append(bench.window("plain", "sim-a", 1, 100, connections=1, seconds=seconds))
+        plugin.append(bench.window("plugin", "bench/single", 1, 100, connections=1,
+                                   seconds=seconds))
+    return {
+        "plain_p50_ms": median(plain, "p50_ms"), "plain_p99_ms": median(plain, "p99_ms"),
+        "plugin_p50_ms": median(plugin, "p50_ms"), "plugin_p99_ms": median(plugin, "p99_ms"),
+        "added_p50_us": (median(plugin, "p50_ms") - median(plain, "p50_ms")) * 1000,
+        "added_p99_us": (median(plugin, "p99_ms") - median(plain, "p99_ms")) * 1000,
+    }
+
+
+def memory_in_flight(bench, seconds):
+    """Little's law with the 50 ms model: in-flight = rate x latency; memory per in-flight
+    request = the growth of Envoy's RSS (and of its heap) between a low and a high rate."""
+    rows = []
+    for rate in (10, 80):
+        samples = []
+        stop = threading.Event()
+
+        def sample():
+            while not stop.wait(0.1):
+                samples.append((bench.envoy.rss_bytes(), bench.envoy.heap_bytes()))
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            w = bench.window("plugin", "bench/remom-8-slow", 1, rate, connections=64,
+                             seconds=seconds)
+        finally:
+            stop.set()
+            sampler.join()
+        in_flight = w["rps"] * w["mean_ms"] / 1000
+        rows.append({
+            "rate": rate, "in_flight": in_flight, "mean_ms": w["mean_ms"],
+            "upstream_requests_per_request": w["upstream_requests_per_request"],
+            "rss_bytes": max(s[0] for s in samples),
+            "heap_bytes": statistics.median(s[1] for s in samples),
+        })
+    low, high = rows
+    dn = high["in_flight"] - low["in_flight"]
+    return {
+        "windows": rows,
+        "rss_per_in_flight_kb": (high["rss_bytes"] - low["rss_bytes"]) / dn / 1024,
+        "heap_per_in_flight_kb": (high["heap_bytes"] - low["heap_bytes"]) / dn / 1024,
+    }
+
+
+def idle_and_start(boot, tmp, runs=3):
+    """V8's idle memory with the module, and the VM start time: Envoy with the plugin
+    against the same Envoy without it, each started `runs` times."""
+    rows = {"with_plugin": [], "without_plugin": []}
+    for _ in range(runs):
+        for name, config in (("with_plugin", boot), ("without_plugin", plain_only(boot))):
+            config = json.loads(json.dumps(config))
+            config["admin"]["address"]["socket_address"]["port_value"] = free_port()
+            for listener in config["static_resources"]["listeners"]:
+                listener["address"]["socket_address"]["port_value"] = free_port()
+            envoy = Envoy(config, tmp, f"idle-{name}")
+            try:
+                time.sleep(1.0)
+                rows[name].append({"ready_s": envoy.ready_s, "rss_bytes": envoy.rss_bytes()})
+            finally:
+                envoy.close()
+    with_p, without = rows["with_plugin"], rows["without_plugin"]
+    return {
+        "idle_rss_with_plugin_mb": median(with_p, "rss_bytes") / 2**20,
+        "idle_rss_without_plugin_mb": median(without, "rss_bytes") / 2**20,
+        "v8_with_module_idle_mb": (median(with_p, "rss_bytes") - median(without, "rss_bytes"))
+        / 2**20,
+        "vm_start_ms": (median(with_p, "ready_s") - median(without, "ready_s")) * 1000,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=3, help="length of one window")
+    parser.add_argument("--reps", type=int, default=2, help="plain/plugin window pairs a cell")
+    parser.add_argument("--recipes", default=",".join(r for r, _ in GRID))
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES_KB)))
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+
+    for tool in (ENVOY, SIM, WASM, OHA):
+        if not Path(tool).exists():
+            raise SystemExit(f"missing {tool}: run `make bench`, which builds and installs it")
+    if not shutil.which("taskset"):
+        raise SystemExit("taskset (util-linux) is needed to pin Envoy and the load")
+    if (os.cpu_count() or 1) < 2:
+        raise SystemExit("the benchmark pins Envoy and the load to two different cores")
+
+    recipes = [r for r in args.recipes.split(",") if r]
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="looper-bench-") as tmp:
+        sim, sim_port = start_simulator()
+        envoy = None
+        try:
+            ports = free_port(), free_port(), free_port()
+            boot = bootstrap(*ports, sim_port)
+            result = {"wasm_bytes": WASM.stat().st_size}
+            if not args.skip_memory:
+                result["idle"] = idle_and_start(boot, tmp)
+            envoy = Envoy(boot, tmp, "bench")
+            bench = Bench(envoy, tmp, ports[0], ports[1], args.seconds)
+            # Warm both routes (V8 tiers up, connection pools fill).
+            bench.window("plain", "sim-a", 1, 200, seconds=1)
+            bench.window("plugin", "bench/remom-1x4", 1, 200, seconds=1)
+            result["idle_envoy_cpu_ns_per_s"] = bench.idle_ns_per_s
+            result["latency_single"] = latency_single(bench, max(2, args.reps), args.seconds)
+            cells = []
+            for size in sizes:
+                for recipe in recipes:
+                    plugin, plain = bench.pair(recipe, size, args.reps)
+                    legs = median(plugin, "upstream_requests_per_request")
+                    plugin_cpu = median(plugin, "cpu_us_per_request")
+                    plain_cpu = median(plain, "cpu_us_per_request")
+                    cell = {
+                        "recipe": recipe, "body_kb": size, "rate": RATES[size], "legs": legs,
+                        "plugin_cpu_us": plugin_cpu, "plain_cpu_us": plain_cpu,
+                        "ratio_to_plain_legs": plugin_cpu / (legs * plain_cpu),
+                        "plugin_p50_ms": median(plugin, "p50_ms"),
+                        "plain_p50_ms": median(plain, "p50_ms"),
+                        "plain_upstream_per_request": median(plain,
+                                                             "upstream_requests_per_request"),
+                        "connections_opened": sum(w["connections_opened"] for w in plugin),
+                        "requests": sum(w["requests"] for w in plugin),
+                    }
+                    cells.append(cell)
+                    print(f"{recipe:14} {size:4} KB  legs {legs:4.2f}  plugin {plugin_cpu:8.1f} µs"
+                          f"  plain {plain_cpu:6.1f} µs  ratio {cell['ratio_to_plain_legs']:.2f}",
+                          flush=True)
+            result["grid"] = cells
+            result["cost_model"] = fit_plugin(cells)
+            result["plain_cost_model"] = fit_plain(cells)
+            if not args.skip_memory:
+                result["memory"] = memory_in_flight(bench, max(args.seconds, 4))
+            result["upstream_cx_total"] = envoy.counters(
+                "cluster.simulator.upstream_cx_total")["cluster.simulator.upstream_cx_total"]
+            result["seconds"] = time.monotonic() - started
+        finally:
+            if envoy:
+                envoy.close()
+            sim.terminate()
+            sim.wait(timeout=10)
+
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    report(result)
+
+
+def report(r):
+    lat = r["latency_single"]
+    print(f"\n.wasm: {r['wasm_bytes']:,} bytes")
+    if "idle" in r:
+        i = r["idle"]
+        print(f"V8 with the module, idle: {i['v8_with_module_idle_mb']:.1f} MB "
+              f"(Envoy RSS {i['idle_rss_with_plugin_mb']:.1f} vs {i['idle_rss_without_plugin_mb']:.1f} MB); "
+              f"VM start: {i['vm_start_ms']:.0f} ms")
+    print(f"single at c=1: plugin-added p50 {lat['added_p50_us']:.0f} µs, "
+          f"p99 {lat['added_p99_us']:.0f} µs (plain p50 {lat['plain_p50_ms']*1000:.0f} µs)")
+    print("\n| recipe | body | legs | plugin CPU µs/req | plain CPU µs/req | ratio to L plain | "
+          "p50 ms plugin / plain |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for c in r["grid"]:
+        print(f"| {c['recipe']} | {c['body_kb']} KB | {c['legs']:.2f} | {c['plugin_cpu_us']:.0f} | "
+              f"{c['plain_cpu_us']:.0f} | {c['ratio_to_plain_legs']:.2f} | "
+              f"{c['plugin_p50_ms']:.2f} / {c['plain_p50_ms']:.2f} |")
+    for name, key in (("plugin route", "cost_model"), ("plain route", "plain_cost_model")):
+        m = r.get(key)
+        if m:
+            legs = f" + {m['per_leg_us']:.0f} µs/leg" if "per_leg_us" in m else ""
+            print(f"cost model, {name}: {m['fixed_us']:.0f} µs{legs} + "
+                  f"{m['per_kb_us']:.1f} µs/KB (R² {m['r2']:.3f})")
+    if "memory" in r:
+        mem = r["memory"]
+        print(f"memory per in-flight 8-leg request: {mem['rss_per_in_flight_kb']:.0f} KB RSS, "
+              f"{mem['heap_per_in_flight_kb']:.0f} KB Envoy heap")
+    print(f"upstream connections opened in the run: {r['upstream_cx_total']}")
+
+
+if __name__ == "__main__":
+    main()
