@@ -22,7 +22,6 @@ use looper::exchange::{Command, Exchange, RequestHead};
 use looper::gateway::Gateway;
 use looper::looper::CallResult;
 use looper::time::Millis;
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -190,7 +189,6 @@ fn main() {
         return;
     }
     let mut rows = Vec::new();
-    let mut by_cell: HashMap<(String, usize), f64> = HashMap::new();
     println!("| recipe | body | calls | core µs/request (native) |");
     println!("| --- | --- | --- | --- |");
     for &size in SIZES_KB {
@@ -207,7 +205,6 @@ fn main() {
             }
             let us = start.elapsed().as_secs_f64() * 1e6 / f64::from(runs);
             println!("| {recipe} | {size} KB | {calls} | {us:.1} |");
-            by_cell.insert((recipe.to_string(), size), us);
             rows.push(serde_json::json!({
                 "recipe": recipe, "body_kb": size, "calls": calls, "core_us": us,
             }));
@@ -216,5 +213,4 @@ fn main() {
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results/bench-core.json");
     std::fs::write(&out, serde_json::to_string_pretty(&rows).unwrap() + "\n").unwrap();
     println!("\nwritten to {}", out.display());
-    black_box(by_cell);
 }

@@ -618,16 +618,11 @@ impl Runtime {
             return Vec::new();
         };
         let upstream_model = upstream.upstream_model.clone();
-        let client_messages = match plan.messages {
-            Messages::Client => self.instructed_messages(),
-            Messages::Own(_) => None,
+        let (client, own) = match &plan.messages {
+            Messages::Client => (self.instructed_messages(), None),
+            Messages::Own(m) => (None, own.or_else(|| to_raw_value(&**m).ok())),
         };
-        let own = match (&plan.messages, own) {
-            (Messages::Own(_), Some(raw)) => Some(raw),
-            (Messages::Own(m), None) => to_raw_value(&**m).ok(),
-            (Messages::Client, _) => None,
-        };
-        let Some(messages) = client_messages.as_deref().or(own.as_deref()) else {
+        let Some(messages) = client.as_deref().or(own.as_deref()) else {
             return Vec::new();
         };
         let mut values: Vec<(&str, Value)> = Vec::new();

@@ -373,6 +373,25 @@ mod tests {
     }
 
     #[test]
+    fn raw_edits_are_spliced_as_they_are() {
+        let r = parse(json!({"model": "v", "messages": user("hi")})).unwrap();
+        let messages =
+            serde_json::value::to_raw_value(&json!([{"role": "user", "content": "x"}])).unwrap();
+        let extra = serde_json::value::to_raw_value(&json!({"a": 1})).unwrap();
+        let bytes = r.upstream_body(
+            "u",
+            &[
+                ("messages", Edit::Raw(&messages)),
+                ("extra", Edit::Raw(&extra)),
+            ],
+        );
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["messages"][0]["content"], "x", "a key the client sent");
+        assert_eq!(body["extra"]["a"], 1, "a key the client did not send");
+        assert!(String::from_utf8(bytes).unwrap().contains(messages.get()));
+    }
+
+    #[test]
     fn edits_override_set_and_remove() {
         let r = parse(json!({"model": "v", "messages": user("hi"), "temperature": 0.2})).unwrap();
         let t = json!(1.0);
