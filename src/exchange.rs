@@ -4,8 +4,8 @@
 //! carries out the [`Command`]s it returns.
 
 use crate::config::{routing, ModelId, ReplyModelName, RouterId, Secret, Target, UpstreamModel};
-use crate::config::{Algorithm, Config};
-use crate::gateway::Gateway;
+use crate::config::{Algorithm, Config, Overload};
+use crate::gateway::{Admission, Gateway};
 use crate::looper::{Answer, CallId, CallResult, Looper, LooperCommand, LooperEvent};
 use crate::metrics::{Global, MetricId};
 use crate::model_scan::{ModelScanner, Scan};
@@ -124,6 +124,10 @@ struct Running {
     route: Option<(RouterId, Route)>,
     /// The final call, once it was forwarded as the client's own request.
     stream: Option<FinalStream>,
+    /// The overload recipe answers instead of the request's own.
+    degraded: bool,
+    /// Held while the looper runs (dropped with this state when the reply goes out).
+    _admission: Option<Admission>,
 }
 
 struct FinalStream {
@@ -409,6 +413,26 @@ impl Exchange {
             self.reply_error(&err);
             return Flow::Pause;
         }
+        // The cap is checked last, so a request that is wrong gets its 4xx whatever the load.
+        let admission = self.gateway.admit();
+        let (recipe, degraded) = match (&admission, config.limits.overload) {
+            (Some(_), _) => (recipe, false),
+            (None, Overload::Degrade(id)) => match config.recipe(id) {
+                Some(single) => {
+                    self.commands
+                        .push_back(Command::Count(metrics.global(Global::OverloadDegraded)));
+                    (Rc::clone(single), true)
+                }
+                None => (recipe, false),
+            },
+            (None, Overload::Reject) => {
+                self.commands
+                    .push_back(Command::Count(metrics.global(Global::OverloadRejected)));
+                let err = ApiError::overloaded();
+                self.reply(err.status, Vec::new(), err.to_json(), "application/json");
+                return Flow::Pause;
+            }
+        };
         if let Some(id) = route
             .as_ref()
             .and_then(|(router, decided)| metrics.decision(*router, decided.decision))
@@ -432,6 +456,8 @@ impl Exchange {
             virtual_index,
             route,
             stream: None,
+            degraded,
+            _admission: admission,
         }));
         self.drain_looper(now);
         Flow::Pause
@@ -839,6 +865,11 @@ impl Exchange {
         self.commands
             .retain(|command| !matches!(command, Command::HttpCall { .. }));
         headers.insert(0, ("content-type".to_string(), content_type.to_string()));
+        if matches!(status, 429 | 503) {
+            // The gateway's own back-off answers (every upstream rate limited, load shed).
+            let seconds = self.gateway.config().limits.retry_after_s;
+            headers.push(("retry-after".to_string(), seconds.to_string()));
+        }
         let metrics = self.gateway.metrics();
         self.commands
             .push_back(Command::Count(metrics.response_class(status)));
@@ -918,6 +949,9 @@ fn looper_headers(config: &Config, running: &Running, latency_ms: u64) -> Vec<(S
             "x-looper-abandoned-calls".to_string(),
             abandoned.to_string(),
         ));
+    }
+    if running.degraded {
+        headers.push(("x-looper-degraded".to_string(), "overload".to_string()));
     }
     headers
 }

@@ -1,18 +1,35 @@
 //! What one plugin VM shares between its requests: the validated configuration, the metric
-//! catalogue and the response id generator. Rebuilt on every `on_configure`; requests already
-//! running keep the generation they started with.
+//! catalogue, the response id generator and the count of looper requests running. Rebuilt on
+//! every `on_configure`; requests already running keep the generation they started with (and
+//! count against its cap, not the new one's).
 
 use crate::config::Config;
 use crate::exchange::Exchange;
 use crate::ids::IdGenerator;
 use crate::metrics::MetricCatalog;
 use crate::time::Millis;
+use std::cell::Cell;
 use std::rc::Rc;
 
 pub struct Gateway {
     config: Rc<Config>,
     metrics: MetricCatalog,
     ids: IdGenerator,
+    /// Looper requests holding an [`Admission`].
+    running: Cell<usize>,
+}
+
+/// A looper request's place under `limits.max_concurrent_requests`, given back when dropped,
+/// so no path through a request (reply, error, client abort) can leak one.
+pub struct Admission {
+    gateway: Rc<Gateway>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let running = &self.gateway.running;
+        running.set(running.get().saturating_sub(1));
+    }
 }
 
 impl Gateway {
@@ -23,6 +40,7 @@ impl Gateway {
             config: Rc::new(config),
             metrics,
             ids: IdGenerator::new(id_seed, nonce_seed),
+            running: Cell::new(0),
         })
     }
 
@@ -36,6 +54,23 @@ impl Gateway {
 
     pub fn ids(&self) -> &IdGenerator {
         &self.ids
+    }
+
+    /// A place for one more looper request, or `None` when the VM already runs its maximum.
+    pub fn admit(self: &Rc<Self>) -> Option<Admission> {
+        let running = self.running.get();
+        if running >= self.config.limits.max_concurrent_requests {
+            return None;
+        }
+        self.running.set(running + 1);
+        Some(Admission {
+            gateway: Rc::clone(self),
+        })
+    }
+
+    /// Looper requests running now.
+    pub fn running(&self) -> usize {
+        self.running.get()
     }
 
     /// A new request.

@@ -50,6 +50,10 @@ pub enum Global {
     PolicySkip,
     PolicyFail,
     PolicyFallback,
+    /// Looper requests refused (503) because the VM ran `limits.max_concurrent_requests`.
+    OverloadRejected,
+    /// Looper requests answered by the overload recipe instead of their own.
+    OverloadDegraded,
 }
 
 const GLOBALS: &[(Global, &str)] = &[
@@ -69,6 +73,8 @@ const GLOBALS: &[(Global, &str)] = &[
     (Global::PolicySkip, "looper.failures.skip"),
     (Global::PolicyFail, "looper.failures.fail"),
     (Global::PolicyFallback, "looper.failures.fallback"),
+    (Global::OverloadRejected, "looper.overload.rejected_total"),
+    (Global::OverloadDegraded, "looper.overload.degraded_total"),
 ];
 
 /// Per virtual model: requests and a latency histogram.

@@ -52,11 +52,13 @@ class Stack:
     """Simulator + Envoy with the plugin. `request()` talks to the gateway."""
 
     def __init__(self, plugin_config=None, sim_config=None, env=None, sim_args=(),
-                 concurrency=2):
+                 concurrency=2, dead_clusters=()):
         self.tmp = tempfile.TemporaryDirectory(prefix="looper-e2e-")
         self.procs = []
         self.sim_args = list(sim_args)
         self.concurrency = concurrency
+        # Clusters whose only endpoint is a loopback port nothing listens on (connect refused).
+        self.dead_clusters = list(dead_clusters)
         try:
             self._start(Path(self.tmp.name), plugin_config, sim_config, env)
         except BaseException:
@@ -75,6 +77,13 @@ class Stack:
         for cluster in bootstrap["static_resources"]["clusters"]:
             for ep in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]:
                 ep["endpoint"]["address"]["socket_address"]["port_value"] = self.sim_port
+        for name in self.dead_clusters:
+            dead = copy.deepcopy(bootstrap["static_resources"]["clusters"][0])
+            dead["name"] = name
+            dead["load_assignment"]["cluster_name"] = name
+            for ep in dead["load_assignment"]["endpoints"][0]["lb_endpoints"]:
+                ep["endpoint"]["address"]["socket_address"]["port_value"] = free_port()
+            bootstrap["static_resources"]["clusters"].append(dead)
         wasm = wasm_filter(bootstrap)
         wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
         if plugin_config is not None:

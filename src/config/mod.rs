@@ -38,6 +38,8 @@ pub mod bounds {
     pub const MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
     pub const MAX_NAME_LEN: usize = 256;
     pub const MAX_HEADERS_PER_MODEL: usize = 32;
+    pub const MAX_CONCURRENT_REQUESTS: u64 = 100_000;
+    pub const MAX_RETRY_AFTER_S: u64 = 3600;
 }
 
 /// Defaults for every optional bound.
@@ -49,6 +51,10 @@ pub mod defaults {
     /// `request_body_buffer_limit`.
     pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
     pub const MAX_UPSTREAM_BODY_BYTES: u64 = 8 * 1024 * 1024;
+    /// Per VM (one per Envoy worker). At about 200 KB of VM memory for an 8-call request with
+    /// small bodies, the default bounds a worker's looper state near 50 MB.
+    pub const MAX_CONCURRENT_REQUESTS: u64 = 256;
+    pub const RETRY_AFTER_S: u64 = 1;
 }
 
 /// Index of an upstream model in [`Config::models`].
@@ -137,6 +143,20 @@ pub struct Limits {
     pub max_body_bytes: usize,
     pub request_deadline_ms: u64,
     pub max_upstream_body_bytes: usize,
+    /// Looper requests one VM runs at once; more are handled by `overload`.
+    pub max_concurrent_requests: usize,
+    pub overload: Overload,
+    /// The `retry-after` of the gateway's own 429 and 503 replies.
+    pub retry_after_s: u64,
+}
+
+/// What happens to a looper request beyond `limits.max_concurrent_requests`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overload {
+    /// 503 `gateway_overloaded` with `retry-after`.
+    Reject,
+    /// Answer with this `single` recipe instead (one call per model tried), outside the cap.
+    Degrade(RecipeId),
 }
 
 /// Which name the `model` field of a reply shows.
@@ -251,7 +271,7 @@ fn parse_config(value: &Value, env: &dyn Fn(&str) -> Option<String>) -> ConfigRe
         &recipe_index,
         &router_index,
     )?;
-    let limits = parse_limits(root.field("limits"))?;
+    let limits = parse_limits(root.field("limits"), &recipe_index, &recipes)?;
 
     let stream_final_call = root.opt_bool("stream_final_call")?.unwrap_or(false);
     let mut trace_allowed = false;
@@ -641,11 +661,18 @@ fn parse_virtual_models(
     Ok(out)
 }
 
-fn parse_limits(field: Option<Node<'_>>) -> ConfigResult<Limits> {
+fn parse_limits(
+    field: Option<Node<'_>>,
+    recipe_index: &HashMap<&str, RecipeId>,
+    recipes: &[Rc<Recipe>],
+) -> ConfigResult<Limits> {
     let mut limits = Limits {
         max_body_bytes: defaults::MAX_BODY_BYTES as usize,
         request_deadline_ms: defaults::REQUEST_DEADLINE_MS,
         max_upstream_body_bytes: defaults::MAX_UPSTREAM_BODY_BYTES as usize,
+        max_concurrent_requests: defaults::MAX_CONCURRENT_REQUESTS as usize,
+        overload: Overload::Reject,
+        retry_after_s: defaults::RETRY_AFTER_S,
     };
     let Some(field) = field else {
         return Ok(limits);
@@ -655,7 +682,50 @@ fn parse_limits(field: Option<Node<'_>>) -> ConfigResult<Limits> {
         "max_body_bytes",
         "request_deadline_ms",
         "max_upstream_body_bytes",
+        "max_concurrent_requests",
+        "overload",
+        "retry_after_s",
     ])?;
+    if let Some(n) = obj.opt_integer(
+        "max_concurrent_requests",
+        1,
+        bounds::MAX_CONCURRENT_REQUESTS,
+    )? {
+        limits.max_concurrent_requests = n as usize;
+    }
+    if let Some(n) = obj.opt_integer("retry_after_s", 1, bounds::MAX_RETRY_AFTER_S)? {
+        limits.retry_after_s = n;
+    }
+    if let Some(overload) = obj.field("overload") {
+        let overload = overload.object()?;
+        overload.deny_unknown(&["policy", "recipe"])?;
+        let policy = overload.required("policy")?;
+        limits.overload = match policy.string()? {
+            "reject" => {
+                if let Some(recipe) = overload.field("recipe") {
+                    return Err(recipe.error("only the `degrade` policy takes a recipe"));
+                }
+                Overload::Reject
+            }
+            "degrade" => {
+                let field = overload.required("recipe")?;
+                let name = field.string()?;
+                let Some(&id) = recipe_index.get(name) else {
+                    return Err(field.error(format!("unknown recipe `{name}`")));
+                };
+                let single = recipes
+                    .get(id.0)
+                    .is_some_and(|r| matches!(r.algorithm, Algorithm::Single { .. }));
+                if !single {
+                    return Err(field.error(format!(
+                        "`{name}` must be a `single` recipe: degrading must not fan out"
+                    )));
+                }
+                Overload::Degrade(id)
+            }
+            _ => return Err(policy.error("must be \"reject\" or \"degrade\"")),
+        };
+    }
     if let Some(n) = obj.opt_integer("max_body_bytes", 1, bounds::MAX_BODY_BYTES)? {
         limits.max_body_bytes = n as usize;
     }

@@ -988,3 +988,97 @@ fn the_synthesis_is_buffered_without_the_option_or_with_a_trace() {
         assert_eq!(d.calls.len(), 1, "the synthesis is an ordinary call");
     }
 }
+
+fn capped_gateway(overload: Value) -> Rc<Gateway> {
+    gateway_with(json!({
+        "recipes": {"r": {"algorithm": "single", "models": ["medium", "small"]},
+                    "cheap": {"algorithm": "single", "models": ["small"]}},
+        "limits": {"max_concurrent_requests": 1, "retry_after_s": 7, "overload": overload}
+    }))
+}
+
+#[test]
+fn beyond_the_cap_a_looper_request_gets_503_with_retry_after() {
+    let gw = capped_gateway(json!({"policy": "reject"}));
+    let (mut first, _, d) = post(&gw, &chat("vllm-sr/auto", json!({})), false);
+    assert_eq!(d.calls.len(), 1);
+    assert_eq!(gw.running(), 1);
+
+    let (_, flow, d) = post(&gw, &chat("vllm-sr/auto", json!({})), false);
+    assert_eq!(flow, Flow::Pause);
+    assert!(d.calls.is_empty());
+    let (status, headers, body) = d.reply.unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(header(&headers, "retry-after"), Some("7"));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "gateway_overloaded");
+    assert!(d.counts.contains(&"looper.overload.rejected_total".to_string()));
+    // Requests the plugin does not run are not capped.
+    let (_, flow, _) = post(&gw, &chat("gpt-x", json!({})), false);
+    assert_eq!(flow, Flow::Continue);
+
+    // The reply gives the place back.
+    let call = d.calls.first().map_or(CallId(0), |c| c.0);
+    first.on_call_result(call, upstream_ok("hello", "stop"), T0);
+    assert_eq!(drain(&gw, &mut first).reply.unwrap().0, 200);
+    assert_eq!(gw.running(), 0);
+    let (_, _, d) = post(&gw, &chat("vllm-sr/auto", json!({})), false);
+    assert_eq!(d.calls.len(), 1);
+}
+
+#[test]
+fn a_client_that_goes_away_gives_its_place_back() {
+    let gw = capped_gateway(json!({"policy": "reject"}));
+    let (first, _, _) = post(&gw, &chat("vllm-sr/auto", json!({})), false);
+    assert_eq!(gw.running(), 1);
+    drop(first);
+    assert_eq!(gw.running(), 0);
+    let (_, _, d) = post(&gw, &chat("vllm-sr/auto", json!({})), false);
+    assert_eq!(d.calls.len(), 1);
+}
+
+#[test]
+fn beyond_the_cap_the_degrade_policy_answers_with_the_single_recipe() {
+    let gw = capped_gateway(json!({"policy": "degrade", "recipe": "cheap"}));
+    let (_first, _, _) = post(&gw, &chat("vllm-sr/auto", json!({})), false);
+    let (mut second, _, d) = post(&gw, &chat("vllm-sr/auto", json!({})), false);
+    assert!(d.counts.contains(&"looper.overload.degraded_total".to_string()));
+    let [(call, _, _, body, _)] = d.calls.as_slice() else {
+        panic!("one call expected: {:?}", d.calls.len());
+    };
+    assert_eq!(body["model"], "sim-small");
+    // Degraded requests run outside the cap.
+    assert_eq!(gw.running(), 1);
+    second.on_call_result(*call, upstream_ok("hello", "stop"), T0);
+    let (status, headers, _) = drain(&gw, &mut second).reply.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-looper-degraded"), Some("overload"));
+    assert_eq!(header(&headers, "x-looper-recipe"), Some("cheap"));
+}
+
+#[test]
+fn every_model_rate_limited_is_429_for_a_panel_too() {
+    let gw = gateway_with(json!({
+        "recipes": {"r": {"algorithm": "ratings", "members": [{"model": "medium"}, {"model": "small"}]}},
+    }));
+    let (mut ex, _, d) = post(&gw, &chat("vllm-sr/auto", json!({})), false);
+    assert_eq!(d.calls.len(), 2);
+    let limited = || CallResult::Response {
+        status: 429,
+        body: br#"{"error":{"message":"slow down"}}"#.to_vec(),
+    };
+    for (call, ..) in &d.calls {
+        ex.on_call_result(*call, limited(), T0);
+    }
+    let (status, headers, body) = drain(&gw, &mut ex).reply.unwrap();
+    assert_eq!(status, 429, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(header(&headers, "retry-after"), Some("1"));
+
+    // One 500 among the 429s is an upstream failure: 502.
+    let (mut ex, _, d) = post(&gw, &chat("vllm-sr/auto", json!({})), false);
+    let mut results = vec![limited(), CallResult::Response { status: 500, body: Vec::new() }];
+    for (call, ..) in &d.calls {
+        ex.on_call_result(*call, results.remove(0), T0);
+    }
+    assert_eq!(drain(&gw, &mut ex).reply.unwrap().0, 502);
+}

@@ -126,6 +126,29 @@ impl CallOutcome {
 const ENVOY_TIMEOUT_BODY: &[u8] = b"upstream request timeout";
 const ENVOY_CONNECT_BODY: &[u8] = b"upstream connect error";
 
+/// Envoy's reset reasons (`... reset reason: <reason>`) that mean the upstream accepted the
+/// connection and then dropped or broke the stream; any other (connection failure or timeout,
+/// overflow) means no connection was made.
+const ENVOY_STREAM_RESETS: &[&[u8]] = &[
+    b"connection termination",
+    b"remote reset",
+    b"local reset",
+    b"protocol error",
+];
+
+fn envoy_reset_kind(body: &[u8]) -> FailureKind {
+    let reason = body
+        .windows(b"reset reason: ".len())
+        .position(|w| w == b"reset reason: ")
+        .and_then(|at| body.get(at + b"reset reason: ".len()..))
+        .unwrap_or_default();
+    if ENVOY_STREAM_RESETS.iter().any(|r| reason.starts_with(r)) {
+        FailureKind::Reset
+    } else {
+        FailureKind::Connect
+    }
+}
+
 pub fn interpret(result: CallResult) -> CallOutcome {
     match result {
         CallResult::Response { status, body } if (200..300).contains(&status) => {
@@ -141,7 +164,7 @@ pub fn interpret(result: CallResult) -> CallOutcome {
             let kind = if status == 504 && body.starts_with(ENVOY_TIMEOUT_BODY) {
                 FailureKind::Timeout
             } else if status == 503 && body.starts_with(ENVOY_CONNECT_BODY) {
-                FailureKind::Connect
+                envoy_reset_kind(&body)
             } else {
                 FailureKind::Status(status)
             };
@@ -186,6 +209,20 @@ mod tests {
                  remote connection failure"
             )
             .name(),
+            "connect_error"
+        );
+        // The upstream accepted the connection, then closed it before its headers.
+        assert_eq!(
+            response(
+                503,
+                "upstream connect error or disconnect/reset before headers. reset reason: \
+                 connection termination"
+            )
+            .name(),
+            "reset"
+        );
+        assert_eq!(
+            response(503, "upstream connect error or disconnect/reset before headers").name(),
             "connect_error"
         );
         assert_eq!(response(504, "gateway timeout").name(), "http_error");

@@ -895,6 +895,13 @@ impl Runtime {
         }
         self.finished = true;
         self.stop_reason = Some(why.into());
+        // "Nothing worked" because every model said 429 is a reason to back off, not a 502.
+        let result = match result {
+            Err(err) if err.status == 502 && self.only_rate_limited() => {
+                Err(ApiError::rate_limited())
+            }
+            other => other,
+        };
         let mut unsent = Vec::new();
         self.commands.retain(|command| match command {
             LooperCommand::Dispatch { call, .. } => {
@@ -928,6 +935,16 @@ impl Runtime {
         }
         self.result = Some(result);
         self.commands.push_back(LooperCommand::Finished);
+    }
+
+    /// At least one call ended, and every one that ended failed with a 429.
+    fn only_rate_limited(&self) -> bool {
+        let mut ended = self
+            .calls
+            .iter()
+            .filter(|c| c.outcome.is_some_and(|o| o != "skipped"))
+            .peekable();
+        ended.peek().is_some() && ended.all(|c| c.status == Some(429))
     }
 
     /// Calls the looper stopped waiting for, whether or not their result came in later.

@@ -84,6 +84,17 @@ impl ApiError {
         }
     }
 
+    /// The gateway sheds load: the client should retry after the `retry-after` it sends.
+    pub fn overloaded() -> Self {
+        ApiError {
+            status: 503,
+            kind: "server_error",
+            code: Some("gateway_overloaded"),
+            param: None,
+            message: "the gateway is running as many requests as it may; retry later".to_string(),
+        }
+    }
+
     pub fn deadline_exceeded(deadline_ms: u64) -> Self {
         ApiError {
             status: 504,

@@ -47,10 +47,17 @@ pub fn parse_completion(bytes: &[u8]) -> Result<UpstreamCompletion, InvalidRespo
     let value: Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
         Err(_) => {
+            // A body that is JSON but for invalid UTF-8 bytes in a string still reports the
+            // tokens the upstream billed; the answer itself is not used.
+            let reason = if std::str::from_utf8(bytes).is_err() {
+                "body is not valid UTF-8"
+            } else {
+                "body is not valid JSON"
+            };
             return Err(InvalidResponse {
-                reason: "body is not valid JSON",
-                usage: None,
-            })
+                reason,
+                usage: usage_in(bytes),
+            });
         }
     };
     let Value::Object(body) = value else {
@@ -88,8 +95,12 @@ pub fn parse_completion(bytes: &[u8]) -> Result<UpstreamCompletion, InvalidRespo
 }
 
 /// The usage reported in any JSON body (error replies of some providers include it).
+/// Invalid UTF-8 is replaced first, so a billed usage survives a broken string elsewhere.
 pub fn usage_in(bytes: &[u8]) -> Option<Usage> {
-    let value: Value = serde_json::from_slice(bytes).ok()?;
+    let value: Value = match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text).ok()?,
+        Err(_) => serde_json::from_str(&String::from_utf8_lossy(bytes)).ok()?,
+    };
     Usage::from_json(value.get("usage")?)
 }
 
@@ -113,6 +124,17 @@ mod tests {
         assert_eq!(c.content(), Some("hello"));
         assert_eq!(c.finish_reason(), Some("length"));
         assert_eq!(c.usage.unwrap().total_tokens, 7);
+    }
+
+    #[test]
+    fn a_body_with_invalid_utf8_is_invalid_but_keeps_its_usage() {
+        let mut body = completion(json!("hello"));
+        let at = body.windows(5).position(|w| w == b"hello").unwrap();
+        body[at + 1] = 0xff;
+        let err = parse_completion(&body).unwrap_err();
+        assert_eq!(err.reason, "body is not valid UTF-8");
+        assert_eq!(err.usage.unwrap().total_tokens, 7);
+        assert_eq!(parse_completion(b"\xff{").unwrap_err().usage, None);
     }
 
     #[test]
