@@ -826,10 +826,13 @@ impl Exchange {
                 }
             }
             Some(Err(err)) => {
-                let mut body = err.to_json();
+                // The calls that ran are billed even though the request failed: the client
+                // sees their tokens next to the error, as it would in a reply.
+                let mut extra = vec![("usage", usage.to_json())];
                 if let Some(trace) = trace {
-                    body = with_trace(&body, trace);
+                    extra.push(("looper_trace", trace));
                 }
+                let body = with_fields(&err.to_json(), extra);
                 self.reply(err.status, headers, body, "application/json");
             }
             None => {
@@ -984,10 +987,13 @@ fn supports(algorithm: &Algorithm, request: &ChatRequest) -> Result<(), ApiError
     Ok(())
 }
 
-fn with_trace(error_body: &[u8], trace: serde_json::Value) -> Vec<u8> {
+/// An error body with top-level fields added next to `error`.
+fn with_fields(error_body: &[u8], fields: Vec<(&str, serde_json::Value)>) -> Vec<u8> {
     match serde_json::from_slice::<serde_json::Value>(error_body) {
         Ok(serde_json::Value::Object(mut obj)) => {
-            obj.insert("looper_trace".into(), trace);
+            for (key, value) in fields {
+                obj.insert(key.into(), value);
+            }
             serde_json::Value::Object(obj).to_string().into_bytes()
         }
         _ => error_body.to_vec(),

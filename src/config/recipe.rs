@@ -145,6 +145,8 @@ pub struct RatingsRecipe {
     pub options: usize,
     /// Picks the best response when no answer can be extracted for a vote.
     pub judge: Option<ModelId>,
+    /// Stop waiting once the members still pending cannot change the winner.
+    pub early_stop: bool,
 }
 
 /// A model of a ReMoM pool or a Fusion panel.
@@ -395,7 +397,7 @@ fn parse_recipe(
             (Algorithm::Confidence(recipe), calls, 1)
         }
         "ratings" => {
-            obj.deny_unknown(&allowed(&["members", "judge"]))?;
+            obj.deny_unknown(&allowed(&["members", "judge", "early_stop"]))?;
             let recipe = parse_ratings(&obj, aliases, &contract)?;
             let calls = recipe.members.len() as u64 + u64::from(recipe.judge.is_some());
             (
@@ -650,6 +652,7 @@ fn parse_ratings(
         members,
         options,
         judge,
+        early_stop: obj.opt_bool("early_stop")?.unwrap_or(true),
     })
 }
 

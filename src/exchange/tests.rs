@@ -1012,7 +1012,9 @@ fn beyond_the_cap_a_looper_request_gets_503_with_retry_after() {
     assert_eq!(header(&headers, "retry-after"), Some("7"));
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["error"]["code"], "gateway_overloaded");
-    assert!(d.counts.contains(&"looper.overload.rejected_total".to_string()));
+    assert!(d
+        .counts
+        .contains(&"looper.overload.rejected_total".to_string()));
     // Requests the plugin does not run are not capped.
     let (_, flow, _) = post(&gw, &chat("gpt-x", json!({})), false);
     assert_eq!(flow, Flow::Continue);
@@ -1042,7 +1044,9 @@ fn beyond_the_cap_the_degrade_policy_answers_with_the_single_recipe() {
     let gw = capped_gateway(json!({"policy": "degrade", "recipe": "cheap"}));
     let (_first, _, _) = post(&gw, &chat("vllm-sr/auto", json!({})), false);
     let (mut second, _, d) = post(&gw, &chat("vllm-sr/auto", json!({})), false);
-    assert!(d.counts.contains(&"looper.overload.degraded_total".to_string()));
+    assert!(d
+        .counts
+        .contains(&"looper.overload.degraded_total".to_string()));
     let [(call, _, _, body, _)] = d.calls.as_slice() else {
         panic!("one call expected: {:?}", d.calls.len());
     };
@@ -1076,9 +1080,37 @@ fn every_model_rate_limited_is_429_for_a_panel_too() {
 
     // One 500 among the 429s is an upstream failure: 502.
     let (mut ex, _, d) = post(&gw, &chat("vllm-sr/auto", json!({})), false);
-    let mut results = vec![limited(), CallResult::Response { status: 500, body: Vec::new() }];
+    let mut results = vec![
+        limited(),
+        CallResult::Response {
+            status: 500,
+            body: Vec::new(),
+        },
+    ];
     for (call, ..) in &d.calls {
         ex.on_call_result(*call, results.remove(0), T0);
     }
     assert_eq!(drain(&gw, &mut ex).reply.unwrap().0, 502);
+}
+
+#[test]
+fn a_failed_request_still_reports_the_usage_it_was_billed() {
+    let gw = gateway();
+    let (mut ex, _, d) = post(&gw, &chat("vllm-sr/auto", json!({})), false);
+    let billed = CallResult::Response {
+        status: 500,
+        body: json!({"error": {"message": "oops"},
+                     "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
+        .to_string()
+        .into_bytes(),
+    };
+    ex.on_call_result(d.calls[0].0, billed, T0);
+    let d = drain(&gw, &mut ex);
+    ex.on_call_result(d.calls[0].0, CallResult::Reset, T0);
+    let (status, _, body) = drain(&gw, &mut ex).reply.unwrap();
+    assert_eq!(status, 502);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["usage"]["total_tokens"], 7);
+    assert_eq!(v["error"]["code"], "upstream_failed");
+    assert!(v.get("looper_trace").is_none());
 }

@@ -97,7 +97,7 @@ impl Ratings {
     /// change the winner.
     fn try_conclude(&mut self, rt: &mut Runtime) {
         let voting = rt.recipe().contract != Contract::Text;
-        if voting && self.pending > 0 {
+        if voting && self.recipe.early_stop && self.pending > 0 {
             let (ballots, _) = self.ballots();
             if vote::is_decided(&ballots, self.pending_weight()) {
                 rt.note(format!(

@@ -117,6 +117,20 @@ fn the_vote_ends_early_once_pending_votes_cannot_change_it() {
 }
 
 #[test]
+fn without_early_stop_the_vote_waits_for_every_member() {
+    let members = json!([{"model": "m0"}, {"model": "m1"}, {"model": "m2"}]);
+    let mut cfg = recipe(members);
+    cfg["early_stop"] = json!(false);
+    let mut h = Harness::new(
+        config(cfg, &[1000; 3]),
+        vec![says(1, "A"), says(2, "A"), says(50, "B")],
+    );
+    assert_eq!(letter(&h.run().unwrap()), "A");
+    assert_eq!(h.now, T0.plus(50), "waited for the last member");
+    assert_eq!(h.looper.runtime().abandoned_calls(), 0);
+}
+
+#[test]
 fn failed_members_are_skipped() {
     let members = json!([{"model": "m0"}, {"model": "m1"}, {"model": "m2"}]);
     let mut h = Harness::new(
