@@ -30,8 +30,8 @@ sys.path.insert(0, str(HERE))
 from conftest import ROOT  # noqa: E402
 from test_faults import ALGORITHMS, QUESTION, MatrixStack, matrix_config  # noqa: E402
 
-FAULTS = ["500", "503", "429", "hang", "reset", "truncate", "wrong_shape", "empty_choices",
-          "garbage", "bad_utf8", "no_usage", "slow"]
+FAULTS = ["500", "503", "429", "hang", "reset", "truncate", "cut_json", "wrong_shape",
+          "empty_choices", "garbage", "bad_utf8", "no_usage", "slow"]
 # A streamed final call that breaks after its first bytes cannot be repaired (the client sees
 # a broken stream, and the usage chunk never comes): streams only get faults that happen before
 # any byte, or none at all.

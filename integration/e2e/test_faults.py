@@ -9,6 +9,7 @@ worker here) must be served normally. No case may crash or reload the VM.
 """
 
 import copy
+import http.client
 import json
 
 import pytest
@@ -28,6 +29,7 @@ FAULT_OUTCOMES = {
     "refused": "connect_error",
     "reset": "reset",
     "truncate": "reset",
+    "cut_json": "invalid_response",
     "wrong_shape": "invalid_response",
     "empty_choices": "invalid_response",
     "garbage": "invalid_response",
@@ -116,6 +118,7 @@ MIXES = {
     "timeouts-and-resets": {"sim-small": "hang", "sim-medium": "reset"},
     "utf8-and-empty": {"sim-small": "bad_utf8", "sim-medium": "empty_choices"},
     "size-and-shape": {"sim-medium": "huge", "sim-large": "wrong_shape"},
+    "cut-and-drip": {"sim-small": "cut_json", "sim-large": "slow"},
     "only-the-small-one": {"sim-medium": "503", "sim-large": "hang"},
     "all-fail": {"sim-small": "503", "sim-medium": "reset", "sim-large": "garbage"},
     "all-fail-slowly": {"sim-small": "hang", "sim-medium": "huge", "sim-large": "bad_utf8"},
@@ -326,4 +329,74 @@ def test_mixed_faults(stacks, algorithm, name):
     else:
         assert status == 502, reply
         assert reply["error"]["type"] == "upstream_error"
+    check_next_request_is_served(stack, model)
+
+
+# Streams. ReMoM's synthesis and Fusion's finalizer stream for real (`stream_final_call`): a
+# fault there after the first bytes can only end the stream with an error event (or, for a
+# reset, a broken stream), never a clean end. Every other fault is handled before any byte.
+STREAMED_FINAL = {("remom", "sim-large"), ("fusion", "sim-large")}
+MID_STREAM = {"truncate", "cut_json", "garbage", "wrong_shape", "empty_choices", "bad_utf8"}
+STREAM_CASES = [(a, v, f) for a, v, f in SINGLE_CASES if f != "refused"]
+
+
+def read_stream(stack, model, directives):
+    """(status, events, error, abandoned calls) of a streamed request; events is None for a
+    broken stream."""
+    body = request(model, directives)
+    body["stream"] = True
+    body["stream_options"] = {"include_usage": True}
+    try:
+        status, headers, data = stack.chat(body)
+    except (http.client.HTTPException, OSError) as exc:
+        return None, None, exc, 0
+    assert status == 200, data
+    abandoned = int(headers.get("x-looper-abandoned-calls", "0"))
+    assert headers["content-type"] == "text/event-stream"
+    lines = data.decode("utf-8").split("\n")
+    events = [line[len("data: "):] for line in lines if line.startswith("data: ")]
+    if not events or events[-1] != "[DONE]":
+        return status, None, "no [DONE]", abandoned
+    return status, [json.loads(e) for e in events[:-1]], None, abandoned
+
+
+@pytest.mark.parametrize("algorithm,victim,fault", STREAM_CASES,
+                         ids=[f"{a}-{v}-{f}" for a, v, f in STREAM_CASES])
+def test_one_faulty_model_while_streaming(stacks, algorithm, victim, fault):
+    stack = stacks()
+    model = f"faults/{algorithm}"
+    directives = f"{ALGORITHMS[algorithm]['victims'][victim]} [sim:fault@{victim}={fault}]"
+    before = stack.sim_stats()
+    status, events, broken, abandoned = read_stream(stack, model, directives)
+    after = stack.sim_stats()
+    may_break = (algorithm, victim) in STREAMED_FINAL and fault in MID_STREAM
+    if events is None:
+        assert may_break and fault == "truncate", broken
+    else:
+        errors = [e for e in events if "error" in e]
+        if errors:
+            assert may_break, errors
+            assert errors == events[-1:], "nothing may follow the error event"
+            assert errors[0]["error"]["code"] == "stream_interrupted"
+            reported = errors[0]["usage"]["total_tokens"]
+        else:
+            text = "".join(c["choices"][0]["delta"].get("content") or ""
+                           for c in events if c.get("choices"))
+            assert text, events
+            finishes = [c["choices"][0]["finish_reason"] for c in events
+                        if c.get("choices") and c["choices"][0].get("finish_reason")]
+            assert len(finishes) == 1, events
+            [usage_chunk] = [c for c in events if c.get("usage")]
+            assert usage_chunk["choices"] == []
+            reported = usage_chunk["usage"]["total_tokens"]
+        # ReMoM asks sim-large only for its synthesis, which streams: a huge one is streamed
+        # whole (and its usage read), not refused like a buffered body over the cap.
+        read_whole = (algorithm, victim) == ("remom", "sim-large")
+        unread = (total_tokens(after, victim) - total_tokens(before, victim)
+                  if fault in UNREAD and not read_whole else 0)
+        delivered = total_tokens(after) - total_tokens(before) - unread
+        if abandoned:
+            assert reported <= delivered
+        else:
+            assert reported == delivered, events
     check_next_request_is_served(stack, model)

@@ -5,8 +5,9 @@
 //! `created` and `model`, keeps only the fields the buffered reply keeps, adds the usage of
 //! every earlier sub-call to the upstream's usage chunk (the final call always asks for one),
 //! and drops that chunk when the client did not ask for usage. A stream that ends without
-//! `[DONE]` gets a well-formed error event, so a client never mistakes a cut answer for a
-//! whole one. Events can be split anywhere across chunks, inside UTF-8 characters included:
+//! `[DONE]`, or without any choice, or that sends an event which is not a chunk, gets a
+//! well-formed error event, so a client never mistakes a cut or empty answer for a whole one;
+//! the error event carries the usage so far when the client asked for usage. Events can be split anywhere across chunks, inside UTF-8 characters included:
 //! only complete lines are rewritten, the rest waits for the next chunk.
 
 use super::Usage;
@@ -29,6 +30,8 @@ pub struct StreamRewriter {
     /// Bytes of an unfinished line.
     pending: Vec<u8>,
     upstream_usage: Option<Usage>,
+    /// A chunk with at least one choice went by: the stream carries an answer.
+    saw_choice: bool,
     saw_done: bool,
     /// The stream was ended early (oversized line); later bytes are dropped.
     broken: bool,
@@ -51,6 +54,7 @@ impl StreamRewriter {
             client_wants_usage,
             pending: Vec::new(),
             upstream_usage: None,
+            saw_choice: false,
             saw_done: false,
             broken: false,
         }
@@ -91,7 +95,7 @@ impl StreamRewriter {
         if self.pending.len() > MAX_LINE_BYTES {
             self.pending.clear();
             self.broken = true;
-            out.extend(error_event("the upstream sent an oversized stream event"));
+            out.extend(self.error_event("the upstream sent an oversized stream event"));
         }
         out
     }
@@ -105,9 +109,9 @@ impl StreamRewriter {
         }
         if !self.saw_done && !self.broken {
             self.broken = true;
-            out.extend(error_event(
-                "the upstream stream ended before the answer was complete",
-            ));
+            out.extend(
+                self.error_event("the upstream stream ended before the answer was complete"),
+            );
         }
         out
     }
@@ -126,6 +130,11 @@ impl StreamRewriter {
             return;
         };
         if data == b"[DONE]" {
+            if !self.saw_choice {
+                self.broken = true;
+                out.extend(self.error_event("the upstream stream ended without an answer"));
+                return;
+            }
             self.saw_done = true;
             if self.client_wants_usage && self.upstream_usage.is_none() {
                 // The upstream ignored `include_usage`: the client still learns what the
@@ -138,18 +147,27 @@ impl StreamRewriter {
             out.extend_from_slice(b"data: [DONE]\n\n");
             return;
         }
-        let Ok(Value::Object(chunk)) = serde_json::from_slice::<Value>(data) else {
-            // Not a chunk (garbage, or an upstream error body): never forwarded as is.
-            self.broken = true;
-            out.extend(error_event("the upstream sent an invalid stream event"));
-            return;
+        // Invalid UTF-8 is replaced, as every event-stream decoder does, so a stray byte costs
+        // one character, not the answer.
+        let parsed = match std::str::from_utf8(data) {
+            Ok(text) => serde_json::from_str::<Value>(text),
+            Err(_) => serde_json::from_str::<Value>(&String::from_utf8_lossy(data)),
         };
-        if chunk.contains_key("error") {
-            // The upstream's message may name hosts or clusters: it stays in the gateway.
-            self.broken = true;
-            out.extend(error_event("the upstream reported an error mid-stream"));
-            return;
-        }
+        let chunk = match parsed {
+            Ok(Value::Object(chunk)) if chunk.contains_key("error") => {
+                // The upstream's message may name hosts or clusters: it stays in the gateway.
+                self.broken = true;
+                out.extend(self.error_event("the upstream reported an error mid-stream"));
+                return;
+            }
+            Ok(Value::Object(chunk)) if chunk.get("choices").is_some_and(Value::is_array) => chunk,
+            _ => {
+                // Not a chunk (garbage, a wrong shape): never forwarded as is.
+                self.broken = true;
+                out.extend(self.error_event("the upstream sent an invalid stream event"));
+                return;
+            }
+        };
         if let Some(rewritten) = self.rewrite(chunk) {
             out.extend_from_slice(b"data: ");
             out.extend(rewritten.to_string().into_bytes());
@@ -174,6 +192,7 @@ impl StreamRewriter {
             .get("choices")
             .and_then(Value::as_array)
             .is_some_and(|c| !c.is_empty());
+        self.saw_choice |= has_choices;
         if let Some(usage) = usage {
             // Providers that report usage on several chunks report running totals: the
             // last one counts.
@@ -190,12 +209,22 @@ impl StreamRewriter {
     }
 }
 
-/// An SSE error event followed by `[DONE]`, the way OpenAI-compatible clients expect a
-/// stream to fail after it started.
-fn error_event(message: &str) -> Vec<u8> {
-    let error = json!({"error": {"message": message, "type": "upstream_error", "param": null,
-                                 "code": "stream_interrupted"}});
-    format!("data: {error}\n\ndata: [DONE]\n\n").into_bytes()
+impl StreamRewriter {
+    /// An SSE error event followed by `[DONE]`, the way OpenAI-compatible clients expect a
+    /// stream to fail after it started. The tokens billed so far ride along, as they do next
+    /// to a buffered error, when the client asked for usage.
+    fn error_event(&self, message: &str) -> Vec<u8> {
+        let mut error = json!({"error": {"message": message, "type": "upstream_error",
+                                         "param": null, "code": "stream_interrupted"}});
+        if let (true, Value::Object(obj)) = (self.client_wants_usage, &mut error) {
+            let mut total = self.earlier_usage;
+            if let Some(upstream) = &self.upstream_usage {
+                total.add(upstream);
+            }
+            obj.insert("usage".into(), total.to_json());
+        }
+        format!("data: {error}\n\ndata: [DONE]\n\n").into_bytes()
+    }
 }
 
 #[cfg(test)]
@@ -326,6 +355,46 @@ mod tests {
             assert_eq!(events.last().unwrap(), "[DONE]");
             assert_eq!(events.len(), 2, "nothing after the error: {text}");
         }
+    }
+
+    #[test]
+    fn a_wrong_shape_or_an_empty_stream_is_an_error_that_reports_the_usage() {
+        for bad in [
+            "data: {\"unexpected\":true}\n\ndata: [DONE]\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":0,\"total_tokens\":5}}\n\ndata: [DONE]\n\n",
+            "data: [DONE]\n\n",
+        ] {
+            let mut r = rewriter(true);
+            let mut out = r.feed(bad.as_bytes());
+            out.extend(r.finish());
+            let events = events(&out);
+            let error = events.iter().find(|e| e.get("error").is_some()).unwrap();
+            assert_eq!(error["error"]["code"], "stream_interrupted", "{bad}");
+            let billed = 150 + r.upstream_usage().map_or(0, |u| u.total_tokens);
+            assert_eq!(error["usage"]["total_tokens"], billed, "{bad}");
+            assert_eq!(events.last().unwrap(), "[DONE]");
+            assert!(!r.is_complete());
+        }
+        // Without the client's `include_usage`, the error carries no usage.
+        let mut r = rewriter(false);
+        let out = r.feed(b"data: {\"unexpected\":true}\n\n");
+        assert!(events(&out)[0].get("usage").is_none());
+    }
+
+    #[test]
+    fn invalid_utf8_in_an_event_is_replaced_not_fatal() {
+        let mut r = rewriter(false);
+        let mut input = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a".to_vec();
+        input.extend([0xff, 0xfe]);
+        input.extend(b"b\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
+        let mut out = r.feed(&input);
+        out.extend(r.finish());
+        let events = events(&out);
+        assert_eq!(
+            events[0]["choices"][0]["delta"]["content"],
+            "a\u{FFFD}\u{FFFD}b"
+        );
+        assert!(r.is_complete());
     }
 
     #[test]

@@ -1101,6 +1101,10 @@ impl Completion {
             obj.insert("usage".to_string(), u.to_json());
         }
         let small = to_bytes(&v, self.fault);
+        if self.fault == Some(FaultKind::CutJson) {
+            // Well framed (its own content-length), but the JSON stops half way.
+            return small.get(..small.len() / 2).unwrap_or_default().to_vec();
+        }
         if self.choices.iter().all(|c| c.repeat.is_none()) {
             return small;
         }
@@ -1169,9 +1173,19 @@ impl Completion {
             Some(FaultKind::EmptyChoices) => {
                 events.push(ev(EventKind::Other, &self.chunk(Vec::new())));
             }
+            Some(FaultKind::CutJson) => {
+                let whole = to_bytes(&self.chunk(Vec::new()), None);
+                events.push(SseEvent {
+                    kind: EventKind::Other,
+                    data: whole.get(..whole.len() / 2).unwrap_or_default().to_vec(),
+                });
+            }
             _ => {}
         }
-        if !matches!(self.fault, Some(FaultKind::Garbage | FaultKind::WrongShape)) {
+        if !matches!(
+            self.fault,
+            Some(FaultKind::Garbage | FaultKind::WrongShape | FaultKind::CutJson)
+        ) {
             for (i, c) in self.choices.iter().enumerate() {
                 self.push_choice_events(&mut events, i, c);
             }

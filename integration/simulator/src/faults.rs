@@ -30,10 +30,11 @@ pub enum FaultKind {
     BadUtf8,
     Slow,
     Huge,
+    CutJson,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 15] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::Status500,
         FaultKind::Status503,
         FaultKind::Status429,
@@ -49,6 +50,7 @@ impl FaultKind {
         FaultKind::BadUtf8,
         FaultKind::Slow,
         FaultKind::Huge,
+        FaultKind::CutJson,
     ];
 
     /// Canonical name: the `failure_rates` key and the key in `/sim/stats`.
@@ -69,6 +71,7 @@ impl FaultKind {
             FaultKind::BadUtf8 => "bad_utf8",
             FaultKind::Slow => "slow",
             FaultKind::Huge => "huge",
+            FaultKind::CutJson => "cut_json",
         }
     }
 

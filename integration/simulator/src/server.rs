@@ -329,7 +329,10 @@ fn chat(state: &State, stream: &mut TcpStream, body: &[u8], close: bool) -> Flow
         let mut commit = || stats.commit(model, tag, outcome.usage, outcome.ok, &outcome.tally);
         send_stream(stream, &events, delivery, mc, close, &mut commit)
     } else {
-        if !matches!(fault, Some(FaultKind::Garbage | FaultKind::WrongShape)) {
+        if !matches!(
+            fault,
+            Some(FaultKind::Garbage | FaultKind::WrongShape | FaultKind::CutJson)
+        ) {
             outcome.usage = completion.usage;
         }
         let body = completion.to_json_body();

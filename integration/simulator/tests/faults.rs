@@ -167,6 +167,34 @@ fn garbage_wrong_shape_and_bad_utf8() {
 }
 
 #[test]
+fn cut_json_is_well_framed_but_stops_half_way() {
+    let addr = start_default();
+    let whole = post(addr, &fault_req("none"));
+    let r = post(addr, &fault_req("cut_json"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
+    assert!(serde_json::from_slice::<Value>(&r.body).is_err());
+    assert!(r.body.starts_with(b"{\""));
+    assert!(r.body.len() < whole.body.len());
+    let mut req = fault_req("cut_json");
+    req["stream"] = json!(true);
+    let r = post(addr, &req);
+    assert!(r.body.ends_with(b"data: [DONE]\n\n"));
+    // The usage never reached a reader, so it is not counted.
+    let s = stats(addr);
+    assert_eq!(s["models"]["m1"]["faults"]["cut_json"], 2);
+    let served_once = s["models"]["m1"]["completion_tokens"].as_u64().unwrap();
+    assert_eq!(
+        served_once,
+        whole.json()["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+}
+
+#[test]
 fn empty_choices_and_no_usage() {
     let addr = start_default();
     let v = post(addr, &fault_req("empty_choices")).json();
