@@ -728,6 +728,10 @@ impl Exchange {
                     if let Some(id) = metrics.model_call(model, outcome) {
                         self.commands.push_back(Command::Count(id));
                     }
+                    if outcome == "ok" && usage.is_none() {
+                        self.commands
+                            .push_back(Command::Count(metrics.model_calls_without_usage(model)));
+                    }
                     finished_calls.push((model, usage));
                 }
                 LooperCommand::Event(event) => {

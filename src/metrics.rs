@@ -89,8 +89,9 @@ pub struct MetricCatalog {
     decision_bases: Vec<usize>,
 }
 
-/// Per model: prompt and completion tokens of every call that ended before the reply.
-const PER_MODEL_TOKENS: usize = 2;
+/// Per model: prompt and completion tokens of every call that ended before the reply, and the
+/// successful calls that reported no usage (their tokens are billed but cannot be counted).
+const PER_MODEL_TOKENS: usize = 3;
 
 /// Metric names keep to `[A-Za-z0-9_]` inside each dotted part, so Prometheus output needs no
 /// escaping (`vllm-sr/auto` becomes `vllm_sr_auto`).
@@ -134,7 +135,7 @@ impl MetricCatalog {
         let tokens_base = defs.len();
         for model in &config.models {
             let name = sanitize(&model.alias);
-            for kind in ["prompt_tokens", "completion_tokens"] {
+            for kind in ["prompt_tokens", "completion_tokens", "calls_without_usage"] {
                 defs.push(MetricDef {
                     name: format!("looper.model.{name}.{kind}"),
                     kind: MetricKind::Counter,
@@ -190,6 +191,11 @@ impl MetricCatalog {
     pub fn model_tokens(&self, model: ModelId) -> (MetricId, MetricId) {
         let base = self.tokens_base + model.0 * PER_MODEL_TOKENS;
         (MetricId(base), MetricId(base + 1))
+    }
+
+    /// `looper.model.<alias>.calls_without_usage`.
+    pub fn model_calls_without_usage(&self, model: ModelId) -> MetricId {
+        MetricId(self.tokens_base + model.0 * PER_MODEL_TOKENS + 2)
     }
 
     /// `looper.router.<router>.decision.<decision>`; `decision` indexes the router's sorted

@@ -273,6 +273,10 @@ def run_case(stack, model, faults, directives=""):
         assert all(st["outcome"] == outcome for st in ended), (victim, fault, steps)
         counter = f"looper.model.{victim.replace('-', '_')}.calls.{outcome}"
         assert after.get(counter, 0) - before.get(counter, 0) == len(ended), (victim, steps)
+        if fault == "no_usage":
+            # Answers that billed tokens nobody can count are counted themselves.
+            missing = f"looper.model.{victim.replace('-', '_')}.calls_without_usage"
+            assert after.get(missing, 0) - before.get(missing, 0) == len(ended), steps
         if fault != "refused" and abandoned == 0:
             kind = sim_fault_name(fault)
             served = (after_sim["models"][victim]["faults"][kind]

@@ -1114,3 +1114,25 @@ fn a_failed_request_still_reports_the_usage_it_was_billed() {
     assert_eq!(v["error"]["code"], "upstream_failed");
     assert!(v.get("looper_trace").is_none());
 }
+
+#[test]
+fn an_answer_without_usage_is_counted_as_such() {
+    let gw = gateway();
+    let (mut ex, _, d) = post(&gw, &chat("vllm-sr/auto", json!({})), false);
+    let no_usage = CallResult::Response {
+        status: 200,
+        body: json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                                  "finish_reason": "stop"}]})
+        .to_string()
+        .into_bytes(),
+    };
+    ex.on_call_result(d.calls[0].0, no_usage, T0);
+    let d = drain(&gw, &mut ex);
+    assert_eq!(d.reply.unwrap().0, 200);
+    assert!(d
+        .counts
+        .contains(&"looper.model.medium.calls_without_usage".to_string()));
+    assert!(d
+        .counts
+        .contains(&"looper.model.medium.calls.ok".to_string()));
+}
