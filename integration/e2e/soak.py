@@ -7,11 +7,12 @@ It fails unless, at the end:
 - every request was answered: a well-formed completion or stream, or an OpenAI error JSON;
 - the tokens reported to clients (replies, usage chunks, and the usage next to errors) add up
   exactly to the tokens the simulator says it served;
-- Envoy's heap after the run is within a stated bound of its heap after the warm-up.
+- Envoy's heap after the run is within a stated bound of its heap after the warm-up, and its
+  resident memory within a bound of its value at the start.
 
-Results go to results/soak.json. Ratings and ReMoM run here without early stops: a call the
-vote stopped waiting for is billed upstream but never reaches the plugin (see the README), and
-the exact token check needs every call's answer.
+Figures go to target/soak.json (or --out). Ratings and ReMoM run here without early stops: a
+call the vote stopped waiting for is billed upstream but never reaches the plugin (see the
+README), and the exact token check needs every call's answer.
 """
 
 import argparse
@@ -149,7 +150,10 @@ def main():
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--heap-growth-mib", type=float, default=16,
                         help="allowed growth of Envoy's heap from the warm-up to the end")
-    parser.add_argument("--out", default=str(ROOT / "results" / "soak.json"))
+    parser.add_argument("--rss-growth-mib", type=float, default=32,
+                        help="allowed growth of Envoy's resident memory over the run")
+    parser.add_argument("--out", default=str(ROOT / "target" / "soak.json"),
+                        help="where the figures go (results/soak.json for the README)")
     args = parser.parse_args()
 
     # Two workers, so two VMs share the load as in production.
@@ -209,6 +213,7 @@ def main():
     heap_after_warmup = warm[0][1] if warm else memory[0][1]
     heap_end = memory[-1][1]
     growth_mib = (heap_end - heap_after_warmup) / 2**20
+    rss_growth_mib = (memory[-1][2] - memory[0][2]) / 2**20
     result = {
         "seconds": round(elapsed, 1),
         "rate": args.rate,
@@ -223,6 +228,8 @@ def main():
         "heap_after_warmup_mib": round(heap_after_warmup / 2**20, 1),
         "heap_end_mib": round(heap_end / 2**20, 1),
         "heap_growth_mib": round(growth_mib, 2),
+        "rss_start_mib": round(memory[0][2] / 2**20, 1),
+        "rss_end_mib": round(memory[-1][2] / 2**20, 1),
         "problems": stats["problems"][:20],
         "problem_count": len(stats["problems"]),
     }
@@ -236,6 +243,8 @@ def main():
         failures.append(f"reported tokens {result['reported_tokens']} != simulator's {served}")
     if growth_mib > args.heap_growth_mib:
         failures.append(f"Envoy's heap grew {growth_mib:.1f} MiB (bound {args.heap_growth_mib})")
+    if rss_growth_mib > args.rss_growth_mib:
+        failures.append(f"Envoy's RSS grew {rss_growth_mib:.1f} MiB (bound {args.rss_growth_mib})")
     result["failures"] = failures
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
