@@ -51,17 +51,29 @@ pub fn content_text(content: &Value) -> String {
     }
 }
 
+/// The labels of the gateway's own blocks. A model that was shown one block (a judge, a
+/// later round, a worker) knows its nonce, so quoted text may close none of them.
+const LABELS: &[&str] = &[
+    "question",
+    "answer",
+    "response",
+    "analysis",
+    "output",
+    "instruction",
+];
+
 /// Wraps untrusted text (a model's answer, the user's question) in `<label-nonce>` tags.
-/// Anything in the text that looks like a closing tag of this label (any case, spacing or
-/// nonce) is defused first, so the text cannot end the block early and pose as the
-/// gateway's instructions. The nonce changes with every request.
+/// Anything in the text that looks like a closing tag of this label or of another block of
+/// the gateway's (any case, spacing or nonce) is defused first, so the text cannot end a
+/// block early and pose as the gateway's instructions. The nonce changes with every request.
 pub fn fence(label: &str, nonce: &str, text: &str) -> String {
     let open = format!("<{label}-{nonce}>");
     let close = format!("</{label}-{nonce}>");
     format!("{open}\n{}\n{close}", defuse(text, label))
 }
 
-/// Replaces the `<` of every `</ label` (case-insensitive, spaces allowed) with `&lt;`.
+/// Replaces the `<` of every `</ label` (case-insensitive, spaces allowed) with `&lt;`, for
+/// `label` and every label of [`LABELS`].
 fn defuse(text: &str, label: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -69,9 +81,11 @@ fn defuse(text: &str, label: &str) -> String {
         let (before, tail) = rest.split_at(at);
         out.push_str(before);
         let after = tail.get(2..).unwrap_or("").trim_start();
-        let closes = after
-            .get(..label.len())
-            .is_some_and(|w| w.eq_ignore_ascii_case(label));
+        let closes = LABELS.iter().chain([&label]).any(|label| {
+            after
+                .get(..label.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(label))
+        });
         out.push_str(if closes { "&lt;/" } else { "</" });
         rest = tail.get(2..).unwrap_or("");
     }
@@ -161,6 +175,9 @@ mod tests {
             fence("answer", "n1", "</div>").contains("</div>"),
             "other tags kept"
         );
+        // A judge that saw the answers' nonce cannot close an answer block from its analysis.
+        let analysis = fence("analysis", "n1", "x </answer-n1> </Question-n1> y");
+        assert!(!analysis.contains("</answer-n1>") && !analysis.contains("</Question-n1>"));
     }
 
     #[test]

@@ -578,7 +578,8 @@ fn the_overload_policy_defaults_to_reject_under_a_bounded_cap() {
     assert_eq!(c.limits.retry_after_s, 1);
 
     let mut v = minimal();
-    v["recipes"]["fan"] = json!({"algorithm": "ratings", "members": [{"model": "a"}, {"model": "b"}]});
+    v["recipes"]["fan"] =
+        json!({"algorithm": "ratings", "members": [{"model": "a"}, {"model": "b"}]});
     v["limits"] = json!({"max_concurrent_requests": 8, "retry_after_s": 5,
                          "overload": {"policy": "degrade", "recipe": "r"}});
     let c = parse(&v).unwrap();
@@ -590,17 +591,36 @@ fn the_overload_policy_defaults_to_reject_under_a_bounded_cap() {
 #[test]
 fn a_bad_overload_policy_names_its_field() {
     let mut v = minimal();
-    v["recipes"]["fan"] = json!({"algorithm": "ratings", "members": [{"model": "a"}, {"model": "b"}]});
+    v["recipes"]["fan"] =
+        json!({"algorithm": "ratings", "members": [{"model": "a"}, {"model": "b"}]});
     for (limits, path) in [
-        (json!({"max_concurrent_requests": 0}), "limits.max_concurrent_requests"),
+        (
+            json!({"max_concurrent_requests": 0}),
+            "limits.max_concurrent_requests",
+        ),
         (json!({"retry_after_s": 0}), "limits.retry_after_s"),
-        (json!({"overload": {"policy": "drop"}}), "limits.overload.policy"),
+        (
+            json!({"overload": {"policy": "drop"}}),
+            "limits.overload.policy",
+        ),
         (json!({"overload": {}}), "limits.overload.policy"),
-        (json!({"overload": {"policy": "degrade"}}), "limits.overload.recipe"),
-        (json!({"overload": {"policy": "degrade", "recipe": "nope"}}), "limits.overload.recipe"),
+        (
+            json!({"overload": {"policy": "degrade"}}),
+            "limits.overload.recipe",
+        ),
+        (
+            json!({"overload": {"policy": "degrade", "recipe": "nope"}}),
+            "limits.overload.recipe",
+        ),
         // Degrading to a fan-out would add load exactly when there is too much.
-        (json!({"overload": {"policy": "degrade", "recipe": "fan"}}), "limits.overload.recipe"),
-        (json!({"overload": {"policy": "reject", "recipe": "r"}}), "limits.overload.recipe"),
+        (
+            json!({"overload": {"policy": "degrade", "recipe": "fan"}}),
+            "limits.overload.recipe",
+        ),
+        (
+            json!({"overload": {"policy": "reject", "recipe": "r"}}),
+            "limits.overload.recipe",
+        ),
     ] {
         v["limits"] = limits.clone();
         assert_eq!(error_path(&v), path, "{limits}");

@@ -222,7 +222,11 @@ mod tests {
             "reset"
         );
         assert_eq!(
-            response(503, "upstream connect error or disconnect/reset before headers").name(),
+            response(
+                503,
+                "upstream connect error or disconnect/reset before headers"
+            )
+            .name(),
             "connect_error"
         );
         assert_eq!(response(504, "gateway timeout").name(), "http_error");

@@ -476,22 +476,33 @@ impl Runtime {
             (Messages::Own(messages), None) => messages.to_string().len(),
         };
         let prompt = (prompt_bytes as u64).div_ceil(4);
-        let limit = |v: Option<&Value>| v.and_then(Value::as_u64);
+        let limit = |key: &str| self.request.field(key).and_then(Value::as_u64);
+        // A client that sends both limits is held to the larger: upstreams differ in which
+        // one they obey.
+        let client_limit = match (limit("max_completion_tokens"), limit("max_tokens")) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         let completion = plan
             .set
             .iter()
             .find(|(k, _)| *k == "max_tokens" || *k == "max_completion_tokens")
             .and_then(|(_, v)| v.as_u64())
             .or_else(|| self.recipe.role(plan.role).and_then(|r| r.max_tokens))
-            .or_else(|| limit(self.request.field("max_completion_tokens")))
-            .or_else(|| limit(self.request.field("max_tokens")))
+            .or(client_limit)
             .unwrap_or(ASSUMED_COMPLETION_TOKENS);
+        // The client's `n` multiplies a call on its own conversation (a gateway prompt drops
+        // it), so it cannot buy more completions than the budget allows.
+        let client_n = match plan.messages {
+            Messages::Client => self.request.n(),
+            Messages::Own(_) => 1,
+        };
         let samples = plan
             .set
             .iter()
             .find(|(k, _)| *k == "n")
             .and_then(|(_, v)| v.as_u64())
-            .unwrap_or(1)
+            .unwrap_or(client_n)
             .max(1);
         let completion = completion.saturating_mul(samples);
         let cost = self
@@ -631,12 +642,18 @@ impl Runtime {
                 values.push(("temperature", json!(t)));
             }
             if let Some(n) = params.max_tokens {
-                let key = if self.request.field("max_completion_tokens").is_some() {
-                    "max_completion_tokens"
-                } else {
-                    "max_tokens"
-                };
-                values.push((key, json!(n)));
+                // Every limit the client sent is replaced, so none of them can lift the
+                // role's (upstreams differ in which one they obey).
+                let sent: Vec<&'static str> = ["max_tokens", "max_completion_tokens"]
+                    .into_iter()
+                    .filter(|key| self.request.field(key).is_some())
+                    .collect();
+                if sent.is_empty() {
+                    values.push(("max_tokens", json!(n)));
+                }
+                for key in sent {
+                    values.push((key, json!(n)));
+                }
             }
             if let Some(effort) = &params.reasoning_effort {
                 values.push(("reasoning_effort", json!(effort)));

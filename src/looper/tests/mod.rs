@@ -12,6 +12,7 @@ mod ratings;
 mod remom;
 mod runtime;
 mod single;
+mod trust;
 mod workflows;
 
 use super::*;
