@@ -8,14 +8,17 @@ ENVOY     := $(VENV)/bin/envoy
 WASM      := target/wasm32-wasip1/release/looper.wasm
 SIM       := target/release/looper-sim
 OHA       := $(VENV)/tools/bin/oha
+CARGO_FUZZ := $(VENV)/tools/bin/cargo-fuzz
 REQS      := integration/e2e/requirements.txt
 CARGO     ?= cargo
 
-.PHONY: help deps wasm-target build run test lint unit host-test e2e compare eval probes bench bench-gateway clean oci
+.PHONY: help deps wasm-target build run test lint unit host-test e2e soak fuzz-smoke fuzz compare eval probes bench bench-gateway clean oci
 
 help:
 	@echo "make run    build the plugin and simulator, start them behind Envoy on 127.0.0.1:10000"
-	@echo "make test   every test: lint, native unit tests, wasmtime host tests, real-Envoy end-to-end"
+	@echo "make test   every test: lint, native unit tests, wasmtime host tests, real-Envoy end-to-end, a 5-minute soak, a short fuzz run"
+	@echo "make soak   5 minutes of mixed recipes, streams, faults and bad requests through Envoy (SOAK_ARGS=...)"
+	@echo "make fuzz   coverage-guided fuzzing of the parsers, FUZZ_SECONDS (default $(FUZZ_SECONDS)) per target"
 	@echo "make build  build $(WASM) and the simulator"
 	@echo "make compare  quick comparison of every recipe against the single models"
 	@echo "make eval   quality benchmark with theory and controls (EVAL_ARGS='--items 2000' for the full size)"
@@ -63,7 +66,55 @@ host-test: build
 e2e: build
 	$(PYTHON) -m pytest -q integration/e2e
 
-test: build lint unit host-test e2e
+# The bounded soak: every recipe, streams, faults and bad requests at a fixed rate through Envoy
+# (SOAK_ARGS='--seconds 60' for a shorter one; --out results/soak.json for the README's figures).
+SOAK_ARGS ?=
+soak: build
+	$(PYTHON) integration/e2e/soak.py $(SOAK_ARGS)
+
+test: build lint unit host-test e2e soak fuzz-smoke
+
+# --- fuzzing (fuzz/README.md) ---------------------------------------------------------------
+
+# cargo-fuzz (libFuzzer) on the stable toolchain: RUSTC_BOOTSTRAP lets it pass its -Z flags
+# (sanitizer, coverage instrumentation). One job at a time; each target starts from its seeds
+# (fuzz/seeds/<target>, read only) and keeps what it finds in a git-ignored working corpus, so
+# coverage accumulates from run to run. A crash, timeout or out-of-memory fails the target and
+# leaves the input in fuzz/artifacts/<target>/.
+FUZZ_TARGETS := config request upstream sse model_scan plan contract
+FUZZ_CORPUS  := target/fuzz-corpus
+FUZZ_SECONDS ?= 600
+FUZZ_SMOKE_SECONDS ?= 15
+FUZZ_FLAGS   := -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+# Longest input per target; libFuzzer cuts longer seeds to it (filters/auto.json is 29 KB).
+FUZZ_MAX_LEN_config     := 32768
+FUZZ_MAX_LEN_request    := 16384
+FUZZ_MAX_LEN_upstream   := 16384
+FUZZ_MAX_LEN_sse        := 16384
+FUZZ_MAX_LEN_model_scan := 4096
+FUZZ_MAX_LEN_plan       := 8192
+FUZZ_MAX_LEN_contract   := 16384
+FUZZ_RUN := RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) fuzz
+
+# $(1): target, $(2): seconds
+define fuzz-one
+	@mkdir -p $(FUZZ_CORPUS)/$(1)
+	$(FUZZ_RUN) run $(1) $(FUZZ_CORPUS)/$(1) fuzz/seeds/$(1) -- $(FUZZ_FLAGS) \
+		-max_len=$(FUZZ_MAX_LEN_$(1)) -max_total_time=$(2)
+
+endef
+
+fuzz-smoke: $(CARGO_FUZZ)
+	$(FUZZ_RUN) build
+	$(foreach t,$(FUZZ_TARGETS),$(call fuzz-one,$(t),$(FUZZ_SMOKE_SECONDS)))
+
+fuzz: $(CARGO_FUZZ)
+	$(FUZZ_RUN) build
+	$(foreach t,$(FUZZ_TARGETS),$(call fuzz-one,$(t),$(FUZZ_SECONDS)))
+
+# The fuzzing driver, built from crates.io into the git-ignored venv (about a minute).
+$(CARGO_FUZZ):
+	$(CARGO) install cargo-fuzz --version 0.13.2 --locked --root $(VENV)/tools
 
 # Every recipe against every single model on the same seeded items, through real Envoy.
 compare: build

@@ -165,14 +165,7 @@ fn answer_markers(text: &str) -> Vec<(usize, usize)> {
         if lead == marker + "answer".len() {
             continue; // no separator: `answers`, `answered`...
         }
-        // Nothing but decoration, or the word `final`, before it on its line.
-        let line = head.rsplit('\n').next().unwrap_or("");
-        let lead_words: String = line
-            .chars()
-            .filter(|c| !c.is_whitespace() && !matches!(c, '*' | '#' | '>' | '-' | '_'))
-            .collect();
-        let starts_line = lead_words.is_empty() || lead_words.eq_ignore_ascii_case("final");
-        if starts_line {
+        if starts_line(head) {
             line_start.push((marker, lead));
         } else {
             inline.push((marker, lead));
@@ -182,6 +175,26 @@ fn answer_markers(text: &str) -> Vec<(usize, usize)> {
     inline.reverse();
     line_start.extend(inline);
     line_start
+}
+
+/// Whether nothing but decoration, or the word `final`, stands before the end of `head` on
+/// its line. It reads back only until a sixth letter: with many markers on one long line, each
+/// reads its own stretch of the line, not the whole line again.
+fn starts_line(head: &str) -> bool {
+    let mut word: Vec<char> = Vec::with_capacity(5);
+    for c in head.chars().rev() {
+        if c == '\n' {
+            break;
+        }
+        if c.is_whitespace() || matches!(c, '*' | '#' | '>' | '-' | '_') {
+            continue;
+        }
+        if word.len() == "final".len() {
+            return false;
+        }
+        word.push(c);
+    }
+    word.is_empty() || word.iter().rev().collect::<String>().eq_ignore_ascii_case("final")
 }
 
 /// The content of the last `\boxed{...}` (braces balanced), with its byte range.
@@ -258,17 +271,20 @@ fn extract_choice(text: &str, options: &[char]) -> Option<Extracted> {
             return None;
         }
         if !bracketed {
-            let line_rest = tail.split('\n').next().unwrap_or("");
-            let next_word = line_rest.trim_start().chars().next();
+            // The rest of the letter's line, read only as far as needed: the next marker may
+            // be on the same line.
+            let mut line_rest = tail.chars().take_while(|&x| x != '\n');
             // A lowercase letter is an option only when nothing but punctuation follows it on
             // its line (`answer: c`), not in prose (`the answer is a multiple of 3`); `I`
             // followed by words (`I think`) is the pronoun.
-            let bare = line_rest
-                .trim_matches(|x: char| x.is_whitespace() || matches!(x, '.' | '*' | ')' | ']'))
-                .is_empty();
-            if c.is_ascii_lowercase() && !bare {
+            if c.is_ascii_lowercase()
+                && !line_rest
+                    .clone()
+                    .all(|x| x.is_whitespace() || matches!(x, '.' | '*' | ')' | ']'))
+            {
                 return None;
             }
+            let next_word = line_rest.find(|x| !x.is_whitespace());
             if upper == 'I' && next_word.is_some_and(char::is_lowercase) {
                 return None;
             }
@@ -633,6 +649,30 @@ mod tests {
         assert!(Contract::Text.instruction().is_none());
         let err = choice().check("nothing").unwrap_err();
         assert!(err.contains("ABCD"));
+    }
+
+    /// Found by fuzzing (`fuzz/seeds/contract/slow-answer-markers.txt`): every `answer` marker
+    /// re-read its whole line, so a long line of markers took quadratic time (1 MiB of
+    /// `answer: ` ran for minutes natively, longer in the VM, and upstream answers may be
+    /// megabytes). Markers on one line now cost what the line costs.
+    #[test]
+    fn many_markers_on_one_line_take_linear_time() {
+        let markers = "answer: ".repeat(64 * 1024);
+        let lowercase = "answer: a b ".repeat(40 * 1024);
+        // About 0.1 s unoptimised; the quadratic reading took more than a minute (no timed
+        // assertion: a regression shows as a test that never ends).
+        assert_eq!(choice().extract(&markers), None);
+        assert_eq!(choice().extract(&lowercase), None);
+        assert!(Contract::Exact.extract(&markers).is_some());
+        // The bounded look-back still tells a final answer line from prose.
+        for (text, want) in [
+            ("x\n ** Final  answer: C", Some("C")),
+            ("x\n#### final answer: C\nthe answer is B", Some("C")),
+            ("x\n> answer: C\nthe final answer: D", Some("C")),
+            ("finals answer: C\nsee answer: D", Some("D")),
+        ] {
+            assert_eq!(value(&choice(), text).as_deref(), want, "{text}");
+        }
     }
 
     #[test]

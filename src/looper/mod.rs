@@ -9,7 +9,7 @@ pub mod call;
 mod confidence;
 mod evidence;
 mod fusion;
-mod plan;
+pub mod plan;
 mod ratings;
 mod remom;
 pub mod runtime;
