@@ -194,7 +194,12 @@ fn starts_line(head: &str) -> bool {
         }
         word.push(c);
     }
-    word.is_empty() || word.iter().rev().collect::<String>().eq_ignore_ascii_case("final")
+    word.is_empty()
+        || word
+            .iter()
+            .rev()
+            .collect::<String>()
+            .eq_ignore_ascii_case("final")
 }
 
 /// The content of the last `\boxed{...}` (braces balanced), with its byte range.
