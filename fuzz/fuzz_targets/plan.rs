@@ -24,7 +24,10 @@ fn recipes() -> &'static [WorkflowsRecipe] {
                 _ => None,
             })
             .collect();
-        assert!(!recipes.is_empty(), "filters/auto.json has no workflows recipe");
+        assert!(
+            !recipes.is_empty(),
+            "filters/auto.json has no workflows recipe"
+        );
         recipes
     })
 }

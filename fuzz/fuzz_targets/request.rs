@@ -11,14 +11,23 @@ use serde_json::{json, Value};
 fn check_sub_call(request: &ChatRequest, body: &[u8]) {
     let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) => panic!("a sub-call body is not JSON ({e}): {}", String::from_utf8_lossy(body)),
+        Err(e) => panic!(
+            "a sub-call body is not JSON ({e}): {}",
+            String::from_utf8_lossy(body)
+        ),
     };
     assert_eq!(value.get("model"), Some(&json!("up")));
     assert!(value.get("stream_options").is_none());
-    assert!(matches!(value.get("stream"), None | Some(Value::Bool(false))));
+    assert!(matches!(
+        value.get("stream"),
+        None | Some(Value::Bool(false))
+    ));
     let again = match ChatRequest::parse(body) {
         Ok(r) => r,
-        Err(e) => panic!("a sub-call body is refused: {}", String::from_utf8_lossy(&e.to_json())),
+        Err(e) => panic!(
+            "a sub-call body is refused: {}",
+            String::from_utf8_lossy(&e.to_json())
+        ),
     };
     assert_eq!(again.model(), "up");
     assert!(!again.stream());

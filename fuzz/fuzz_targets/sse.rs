@@ -92,6 +92,9 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(pieces.concat(), text);
     for piece in &pieces {
         assert!(!piece.is_empty());
-        assert!(piece.len() <= max || piece.chars().count() == 1, "{piece:?} > {max}");
+        assert!(
+            piece.len() <= max || piece.chars().count() == 1,
+            "{piece:?} > {max}"
+        );
     }
 });

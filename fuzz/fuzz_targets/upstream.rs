@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else {
         return;
     };
-    let status = STATUSES.get(usize::from(selector % 8)).copied().unwrap_or(200);
+    let status = STATUSES
+        .get(usize::from(selector % 8))
+        .copied()
+        .unwrap_or(200);
 
     let parsed = parse_completion(body);
     let usage = usage_in(body);
@@ -50,13 +53,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut total = earlier;
     total.add(&usage.unwrap_or_default());
-    let mut reply = FinalCompletion::from_upstream(
-        completion,
-        "chatcmpl-fuzz".into(),
-        1,
-        "v/m".into(),
-        total,
-    );
+    let mut reply =
+        FinalCompletion::from_upstream(completion, "chatcmpl-fuzz".into(), 1, "v/m".into(), total);
     if selector & 0x80 != 0 {
         reply.clear_logprobs();
     }
