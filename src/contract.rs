@@ -336,7 +336,44 @@ fn extract_choice(text: &str, options: &[char]) -> Option<Extracted> {
             span: start..start + last.len_utf8(),
         });
     }
-    None
+    // 4. A reply that opens with one option as it was labelled: `B) Red`, `(B) Red`, `B. Red`.
+    // Small real models answer this way more often than in any other form.
+    opening_label(text, options)
+}
+
+/// The option label a reply opens with, when it names no other option the same way (a reply
+/// that restates the list, `A) Green B) Red`, has not chosen).
+fn opening_label(text: &str, options: &[char]) -> Option<Extracted> {
+    let start = text.len() - text.trim_start().len();
+    let rest = text.get(start..)?;
+    let (letter_at, letter, close) = match rest.as_bytes() {
+        [b'(', l, b')', ..] => (start + 1, *l, start + 3),
+        [l, b')' | b'.' | b':', ..] => (start, *l, start + 2),
+        _ => return None,
+    };
+    let letter = char::from(letter);
+    if !letter.is_ascii_uppercase() || !options.contains(&letter) {
+        return None;
+    }
+    let after = text.get(close..).and_then(|t| t.chars().next());
+    if after.is_some_and(|c| !c.is_whitespace()) {
+        return None;
+    }
+    // Another option labelled anywhere later: `C)` after a space, a newline or `(`.
+    let bytes = text.as_bytes();
+    let labels_another = bytes.windows(3).enumerate().any(|(i, w)| {
+        let [before, l, b')'] = w else { return false };
+        i + 1 != letter_at
+            && matches!(before, b' ' | b'\n' | b'\t' | b'(')
+            && options.contains(&char::from(*l))
+    });
+    if labels_another {
+        return None;
+    }
+    Some(Extracted {
+        value: letter.to_string(),
+        span: letter_at..letter_at + 1,
+    })
 }
 
 /// Normalises an exact answer: numbers in canonical form, strings lowercased with spaces
@@ -539,6 +576,12 @@ mod tests {
             ("answer is b", "B"),
             ("Final answer: C\nThe answer is a multiple of 3.", "C"),
             ("I think A is wrong; the answer is C", "C"),
+            // As SmolLM2-135M answers through llama-server (integration/real).
+            ("A) Green", "A"),
+            ("B) Red is a primary color.", "B"),
+            (" (C) Purple", "C"),
+            ("D. Orange", "D"),
+            ("B)", "B"),
         ];
         for (text, want) in cases {
             assert_eq!(value(&c, text).as_deref(), Some(want), "{text}");
@@ -556,6 +599,14 @@ mod tests {
             "",
             "Final: a",
             "the answer is a multiple of 3",
+            // Restating the options is not choosing one.
+            "A) Green\nB) Red\nC) Purple",
+            "A) Green B) Red",
+            "(A) Green or (B) Red",
+            // Not an option label.
+            "A.I. is a field",
+            "E) none",
+            "a) green",
         ] {
             assert_eq!(value(&c, text), None, "{text}");
         }

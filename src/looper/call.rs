@@ -1,6 +1,8 @@
 //! Sub-calls: what the host reports back, and what that means.
 
-use crate::openai::upstream::{parse_completion, usage_in, UpstreamCompletion};
+use crate::openai::upstream::{
+    is_context_overflow, parse_completion, usage_in, UpstreamCompletion,
+};
 use crate::openai::Usage;
 
 /// A sub-call of one request; allocated by the looper, independent of host tokens.
@@ -26,6 +28,9 @@ pub enum CallResult {
 pub enum FailureKind {
     /// A non-2xx status sent by the upstream.
     Status(u16),
+    /// The upstream's 400 (or 413) says the prompt does not fit its context window. Another
+    /// model may have a larger one, so this is not the client's error until every model said it.
+    ContextOverflow(u16),
     /// Envoy's own timeout for the call (`504 upstream request timeout`).
     Timeout,
     /// Envoy could not connect (`503 upstream connect error`).
@@ -49,6 +54,7 @@ impl FailureKind {
     pub fn name(&self) -> &'static str {
         match self {
             FailureKind::Status(_) => "http_error",
+            FailureKind::ContextOverflow(_) => "context_overflow",
             FailureKind::Timeout => "timeout",
             FailureKind::Connect => "connect_error",
             FailureKind::Reset => "reset",
@@ -62,6 +68,9 @@ impl FailureKind {
     pub fn describe(&self) -> String {
         match self {
             FailureKind::Status(s) => format!("upstream answered HTTP {s}"),
+            FailureKind::ContextOverflow(s) => {
+                format!("upstream answered HTTP {s}: the prompt exceeds its context window")
+            }
             FailureKind::Timeout => "timed out".to_string(),
             FailureKind::Connect => "could not connect".to_string(),
             FailureKind::Reset => "connection reset".to_string(),
@@ -77,6 +86,7 @@ impl FailureKind {
 pub const OUTCOME_NAMES: &[&str] = &[
     "ok",
     "http_error",
+    "context_overflow",
     "timeout",
     "connect_error",
     "reset",
@@ -115,7 +125,7 @@ impl CallOutcome {
         match self {
             CallOutcome::Ok(_) => Some(200),
             CallOutcome::Failed {
-                kind: FailureKind::Status(s),
+                kind: FailureKind::Status(s) | FailureKind::ContextOverflow(s),
                 ..
             } => Some(*s),
             CallOutcome::Failed { .. } => None,
@@ -165,6 +175,8 @@ pub fn interpret(result: CallResult) -> CallOutcome {
                 FailureKind::Timeout
             } else if status == 503 && body.starts_with(ENVOY_CONNECT_BODY) {
                 envoy_reset_kind(&body)
+            } else if matches!(status, 400 | 413) && is_context_overflow(&body) {
+                FailureKind::ContextOverflow(status)
             } else {
                 FailureKind::Status(status)
             };

@@ -490,8 +490,14 @@ fn token_logprobs(completion: &UpstreamCompletion) -> Option<Vec<TokenLogprob>> 
                 })
                 .unwrap_or_default();
             alternatives.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let text = t.get("token")?.as_str()?;
+            // llama.cpp's server lists the end-of-sequence token too, as an empty one: it is
+            // not part of the answer and would drag every whole-reply score down.
+            if text.is_empty() {
+                return None;
+            }
             Some(TokenLogprob {
-                text: t.get("token")?.as_str()?.to_string(),
+                text: text.to_string(),
                 logprob: logprob.min(0.0),
                 alternatives,
             })
@@ -655,6 +661,22 @@ mod tests {
         // Without a located answer every token counts.
         let all = logprob_score(&c, text, None, ConfidenceMethod::AvgLogprob, 0.5).unwrap();
         assert!((0.1..0.3).contains(&all), "{all}");
+    }
+
+    #[test]
+    fn the_end_of_sequence_token_llama_cpp_lists_is_not_scored() {
+        // As llama-server sends it: the reply's tokens, then EOS with an empty token.
+        let text = "A) Green";
+        let lp = json!({"content": [
+            {"id": 49, "token": "A", "bytes": [65], "logprob": (0.8f64).ln(), "top_logprobs": []},
+            {"id": 25, "token": ")", "bytes": [41], "logprob": (0.8f64).ln(), "top_logprobs": []},
+            {"id": 9, "token": " Green", "bytes": [32, 71, 114, 101, 101, 110],
+             "logprob": (0.8f64).ln(), "top_logprobs": []},
+            {"id": 2, "token": "", "bytes": [], "logprob": (0.01f64).ln(), "top_logprobs": []}
+        ]});
+        let c = completion_with(text, lp);
+        let all = logprob_score(&c, text, None, ConfidenceMethod::AvgLogprob, 0.5).unwrap();
+        assert!((all - 0.8).abs() < 1e-9, "{all}");
     }
 
     #[test]

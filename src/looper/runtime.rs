@@ -917,6 +917,11 @@ impl Runtime {
             Err(err) if err.status == 502 && self.only_rate_limited() => {
                 Err(ApiError::rate_limited())
             }
+            // Nor is "nothing worked" because no model could take the prompt: the client must
+            // shorten it, and retrying as it is will fail the same way.
+            Err(err) if err.status == 502 && self.only_context_overflow() => {
+                Err(ApiError::context_length_exceeded())
+            }
             other => other,
         };
         let mut unsent = Vec::new();
@@ -962,6 +967,16 @@ impl Runtime {
             .filter(|c| c.outcome.is_some_and(|o| o != "skipped"))
             .peekable();
         ended.peek().is_some() && ended.all(|c| c.status == Some(429))
+    }
+
+    /// At least one call ended, and every one that ended said the prompt was too long.
+    fn only_context_overflow(&self) -> bool {
+        let mut ended = self
+            .calls
+            .iter()
+            .filter(|c| c.outcome.is_some_and(|o| o != "skipped"))
+            .peekable();
+        ended.peek().is_some() && ended.all(|c| c.outcome == Some("context_overflow"))
     }
 
     /// Calls the looper stopped waiting for, whether or not their result came in later.

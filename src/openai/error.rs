@@ -64,6 +64,21 @@ impl ApiError {
         }
     }
 
+    /// Every model that was asked said the prompt does not fit its context window (OpenAI's
+    /// own status and code for this).
+    pub fn context_length_exceeded() -> Self {
+        ApiError {
+            status: 400,
+            kind: "invalid_request_error",
+            code: Some("context_length_exceeded"),
+            param: Some("messages".to_string()),
+            message: "the request does not fit the context window of the models it needs \
+                      (a recipe's sub-calls add the other answers to the prompt); shorten the \
+                      messages or lower max_tokens"
+                .to_string(),
+        }
+    }
+
     pub fn all_upstreams_failed(detail: &str) -> Self {
         ApiError {
             status: 502,

@@ -104,6 +104,33 @@ pub fn usage_in(bytes: &[u8]) -> Option<Usage> {
     Usage::from_json(value.get("usage")?)
 }
 
+/// Whether an upstream error body says the prompt does not fit the model's context window.
+/// Servers say it differently: OpenAI and Groq set `code: "context_length_exceeded"`,
+/// llama.cpp's server `type: "exceed_context_size_error"`, vLLM only writes "maximum context
+/// length" in a message (inside `error`, or at the top level in older versions).
+pub fn is_context_overflow(bytes: &[u8]) -> bool {
+    const PHRASES: &[&str] = &[
+        "maximum context length",
+        "context length exceeded",
+        "exceeds the available context size",
+        "exceeds the context window",
+        "context_length_exceeded",
+    ];
+    let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
+        return false;
+    };
+    let error = match value.get("error") {
+        Some(error @ Value::Object(_)) => error,
+        _ => &value,
+    };
+    let text = |key: &str| error.get(key).and_then(Value::as_str).unwrap_or("");
+    if text("code") == "context_length_exceeded" || text("type") == "exceed_context_size_error" {
+        return true;
+    }
+    let message = text("message").to_ascii_lowercase();
+    PHRASES.iter().any(|p| message.contains(p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +190,24 @@ mod tests {
                 String::from_utf8_lossy(&bytes)
             );
         }
+    }
+
+    #[test]
+    fn context_overflow_in_each_server_dialect() {
+        // llama.cpp's server (as llama-server sends it, see integration/real).
+        assert!(is_context_overflow(br#"{"error":{"code":400,"message":"the request exceeds the available context size, try increasing it","type":"exceed_context_size_error","n_prompt_tokens":3001,"n_ctx":2048}}"#));
+        // OpenAI.
+        assert!(is_context_overflow(br#"{"error":{"message":"This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#));
+        // vLLM, current and older (top-level) shapes.
+        assert!(is_context_overflow(br#"{"error":{"message":"This model's maximum context length is 2048 tokens. However, you requested 3000 tokens.","type":"BadRequestError","param":null,"code":400}}"#));
+        assert!(is_context_overflow(br#"{"object":"error","message":"This model's maximum context length is 2048 tokens.","type":"BadRequestError","code":400}"#));
+        // Other 400s are not.
+        assert!(!is_context_overflow(br#"{"error":{"message":"`temperature` must be a number","type":"invalid_request_error","code":400}}"#));
+        assert!(!is_context_overflow(
+            br#"{"error":"maximum context length"}"#
+        ));
+        assert!(!is_context_overflow(b"maximum context length"));
+        assert!(!is_context_overflow(b""));
     }
 
     #[test]

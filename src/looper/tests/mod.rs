@@ -7,6 +7,7 @@
 //! bounded number of steps.
 
 mod confidence;
+mod context;
 mod fusion;
 mod ratings;
 mod remom;
