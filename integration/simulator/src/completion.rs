@@ -6,10 +6,16 @@
 //! the first word, every later token is its separator followed by its word,
 //! so the tokens concatenate back to the content exactly. Prompt tokens are the
 //! whitespace-separated words of all message text plus 3 per message.
+//!
+//! In the `llama_cpp` dialect an answer that ends naturally (`finish_reason`
+//! `stop`) also generates an end-of-sequence token: empty, not part of the
+//! content, but counted in `completion_tokens` and (when asked) given a
+//! logprobs entry, as llama-server does.
 
 use serde_json::{json, Map, Value};
 
 use crate::config::ModelConfig;
+use crate::dialect::{self, Dialect};
 use crate::directives::Directives;
 use crate::error::ApiError;
 use crate::faults::FaultKind;
@@ -326,6 +332,10 @@ pub struct Choice {
     /// For the answer to a keyed question that was not cut by `max_tokens`:
     /// whether it is correct.
     pub keyed: Option<bool>,
+    /// Whether an end-of-sequence token follows the content (`llama_cpp`,
+    /// `finish_reason` `stop`). It counts as a completion token; when
+    /// logprobs were asked for, its entry is the last of `logprobs`.
+    pub eos: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,6 +345,11 @@ pub struct Repeat {
 }
 
 impl Choice {
+    /// Completion tokens: the content's, plus the end-of-sequence token.
+    pub fn completion_tokens(&self) -> u64 {
+        self.tokens.saturating_add(u64::from(self.eos))
+    }
+
     /// The content as (head, block, repetitions).
     fn parts(&self) -> Option<(&str, &str, usize)> {
         let r = self.repeat?;
@@ -359,6 +374,19 @@ impl Usage {
             "total_tokens": self.prompt_tokens.saturating_add(self.completion_tokens),
         })
     }
+
+    /// The `usage` object in `dialect`'s shape (llama.cpp adds
+    /// `prompt_tokens_details`).
+    pub fn to_json_in(self, dialect: Dialect) -> Value {
+        let mut v = self.to_json();
+        if let (Dialect::LlamaCpp, Some(obj)) = (dialect, v.as_object_mut()) {
+            obj.insert(
+                "prompt_tokens_details".to_string(),
+                json!({"cached_tokens": 0}),
+            );
+        }
+        v
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -370,6 +398,11 @@ pub struct Completion {
     /// `None` when the `no_usage` fault drops it.
     pub usage: Option<Usage>,
     pub include_usage: bool,
+    /// The wire format (the model's `dialect`).
+    pub dialect: Dialect,
+    /// The counts llama.cpp's `timings` report: the usage (forced or
+    /// not), also when the `no_usage` fault drops it.
+    pub counts: Usage,
     /// Body-level fault applied when rendering.
     pub fault: Option<FaultKind>,
     /// What this response adds to the question counters once delivered.
@@ -527,7 +560,7 @@ pub fn generate(req: &ChatRequest, p: &GenParams<'_>) -> Completion {
     }
     let usage = Usage {
         prompt_tokens: req.prompt_tokens(),
-        completion_tokens: choices.iter().map(|c| c.tokens).sum(),
+        completion_tokens: choices.iter().map(Choice::completion_tokens).sum(),
     };
     let usage = match p.directives.usage {
         Some((prompt_tokens, completion_tokens)) => Usage {
@@ -543,6 +576,8 @@ pub fn generate(req: &ChatRequest, p: &GenParams<'_>) -> Completion {
         choices,
         usage: (p.fault != Some(FaultKind::NoUsage)).then_some(usage),
         include_usage: req.include_usage,
+        dialect: p.model.dialect,
+        counts: usage,
         fault: p.fault,
         tally,
     }
@@ -618,7 +653,7 @@ fn generate_choice(
     let seed = choice_seed(p.seed, req, index);
     let prefix = format!("[{}]", req.model);
     if p.fault == Some(FaultKind::Huge) {
-        return huge_choice(prefix, &mut SplitMix64::new(seed));
+        return huge_choice(prefix, &mut SplitMix64::new(seed), p.model.dialect);
     }
     let mut draft = match (&p.directives.answer, task) {
         (Some(text), _) => Draft::new(word_tokens(text.split_whitespace()), seed),
@@ -763,18 +798,26 @@ fn generate_choice(
         }
     };
     let full_len = draft.tokens.len();
+    let dialect = p.model.dialect;
+    // With an end-of-sequence token the answer needs one token more than its
+    // content to end naturally: llama-server stops with `length` when the
+    // limit is reached first, even right after the last word.
+    let needed = (full_len as u64).saturating_add(u64::from(dialect.has_eos()));
     let mut finish_reason = "stop";
     if let Some(max) = req.max_tokens {
         if (full_len as u64) > max {
             let max = usize::try_from(max).unwrap_or(usize::MAX);
             draft.tokens.truncate(max);
             draft.answer.truncate(max);
+        }
+        if needed > max {
             finish_reason = "length";
         }
     }
     if let Some(forced) = p.directives.finish {
         finish_reason = forced;
     }
+    let eos = dialect.has_eos() && finish_reason == "stop";
     if p.fault == Some(FaultKind::BadUtf8) {
         let mid = draft.tokens.len() / 2;
         match draft.tokens.get_mut(mid) {
@@ -800,6 +843,14 @@ fn generate_choice(
                     ),
                 },
             )
+            .chain(eos.then(|| {
+                eos_logprob(
+                    draft.lp_seed,
+                    draft.tokens.len() as u64,
+                    p.model.mean_logprob,
+                    req.top_logprobs,
+                )
+            }))
             .collect()
     });
     Choice {
@@ -809,6 +860,7 @@ fn generate_choice(
         logprobs,
         repeat: None,
         keyed,
+        eos,
     }
 }
 
@@ -878,7 +930,7 @@ fn answer_draft(prefix: &str, answer_words: u64, drawn: &Drawn, lp_seed: u64) ->
 /// A ~12 MiB answer: the prefix word, then a 64 KiB block of random words
 /// repeated (cheap to build even in debug builds). Ignores `max_tokens` and
 /// the answer directive: the point is size.
-fn huge_choice(prefix: String, rng: &mut SplitMix64) -> Choice {
+fn huge_choice(prefix: String, rng: &mut SplitMix64, dialect: Dialect) -> Choice {
     let mut block = String::new();
     let mut block_words = 0u64;
     while block.len() < HUGE_STREAM_PIECE {
@@ -904,6 +956,7 @@ fn huge_choice(prefix: String, rng: &mut SplitMix64) -> Choice {
         finish_reason: "stop",
         logprobs: None,
         keyed: None,
+        eos: dialect.has_eos(),
     }
 }
 
@@ -947,6 +1000,47 @@ fn token_logprob(seed: u64, index: u64, token: &str, mean: f64, top: u64) -> Tok
         k += 1;
     }
     TokenLogprob { logprob, top: alts }
+}
+
+/// What may follow the end-of-sequence token in its `top_logprobs`, before
+/// vocabulary words.
+const EOS_RIVALS: &[&str] = &["\n", "\n\n", ".", " "];
+
+/// The logprob of the end-of-sequence token after `index` content tokens:
+/// drawn as an ordinary token's (`mean * Exp(1)`, from its own stream);
+/// its `top_logprobs` list starts with the token itself (`""`), then
+/// newlines and punctuation, then vocabulary words, strictly decreasing.
+fn eos_logprob(seed: u64, index: u64, mean: f64, top: u64) -> TokenLogprob {
+    let mut rng = SplitMix64::new(Fnv64::new().u64(seed).bytes(b"eos").u64(index).finish());
+    let exp1 = -(1.0 - rng.next_f64()).ln();
+    let logprob = round6((mean * exp1).max(-30.0)).min(0.0);
+    let rest = 1.0 - logprob.exp();
+    let mut list = Vec::new();
+    if top == 0 {
+        return TokenLogprob { logprob, top: list };
+    }
+    list.push((String::new(), logprob));
+    let mut cursor = rng.below(VOCAB.len() as u64);
+    let mut prev = logprob;
+    for k in 1..top {
+        let name = match EOS_RIVALS.get(usize::try_from(k - 1).unwrap_or(usize::MAX)) {
+            Some(r) => (*r).to_string(),
+            None => {
+                let w = vocab_word(cursor % VOCAB.len() as u64);
+                cursor += 1;
+                format!(" {w}")
+            }
+        };
+        let kf = k as f64;
+        let by_mass = (rest * 0.5f64.powf(kf)).ln();
+        let mut lp = round6(by_mass.min(logprob - 0.05 * kf).max(-60.0 - kf));
+        if lp >= prev {
+            lp = round6(prev - 1e-6);
+        }
+        list.push((name, lp));
+        prev = lp;
+    }
+    TokenLogprob { logprob, top: list }
 }
 
 /// A token's separator (leading spaces or newlines) and its word.
@@ -1014,28 +1108,46 @@ fn answer_logprob(seed: u64, index: u64, token: &str, a: &AnswerToken, top: u64)
     TokenLogprob { logprob, top: list }
 }
 
-fn logprob_entry(token: &str, lp: &TokenLogprob) -> Value {
+/// One `logprobs.content` entry; llama.cpp adds token ids (the empty
+/// end-of-sequence token has id [`dialect::EOS_ID`]).
+fn logprob_entry(token: &str, lp: &TokenLogprob, dialect: Dialect) -> Value {
+    let with_id = |mut v: Value, t: &str| {
+        if let (Dialect::LlamaCpp, Some(obj)) = (dialect, v.as_object_mut()) {
+            obj.insert("id".to_string(), json!(dialect::token_id(t)));
+        }
+        v
+    };
     let top: Vec<Value> = lp
         .top
         .iter()
-        .map(|(t, l)| json!({"token": t, "logprob": l, "bytes": t.as_bytes()}))
+        .map(|(t, l)| with_id(json!({"token": t, "logprob": l, "bytes": t.as_bytes()}), t))
         .collect();
-    json!({
-        "token": token,
-        "logprob": lp.logprob,
-        "bytes": token.as_bytes(),
-        "top_logprobs": top,
-    })
+    with_id(
+        json!({
+            "token": token,
+            "logprob": lp.logprob,
+            "bytes": token.as_bytes(),
+            "top_logprobs": top,
+        }),
+        token,
+    )
 }
 
-fn logprobs_json(content: &str, lps: Option<&Vec<TokenLogprob>>) -> Value {
+/// The `logprobs` of a choice: one entry per content token, then (when
+/// `lps` holds one more) the end-of-sequence token's.
+fn logprobs_json(content: &str, lps: Option<&Vec<TokenLogprob>>, dialect: Dialect) -> Value {
     match lps {
         None => Value::Null,
         Some(lps) => {
-            let entries: Vec<Value> = tokens(content)
-                .zip(lps)
-                .map(|(t, lp)| logprob_entry(t, lp))
-                .collect();
+            let mut text = tokens(content);
+            let mut entries = Vec::with_capacity(lps.len());
+            for lp in lps {
+                match text.next() {
+                    Some(t) => entries.push(logprob_entry(t, lp, dialect)),
+                    None if dialect.has_eos() => entries.push(logprob_entry("", lp, dialect)),
+                    None => break,
+                }
+            }
             json!({"content": entries, "refusal": null})
         }
     }
@@ -1085,7 +1197,7 @@ impl Completion {
                 json!({
                     "index": i,
                     "message": {"role": "assistant", "content": content},
-                    "logprobs": logprobs_json(&c.content, c.logprobs.as_ref()),
+                    "logprobs": logprobs_json(&c.content, c.logprobs.as_ref(), self.dialect),
                     "finish_reason": c.finish_reason,
                 })
             })
@@ -1097,8 +1209,17 @@ impl Completion {
             "model": self.model,
             "choices": choices,
         });
-        if let (Some(u), Some(obj)) = (self.usage, v.as_object_mut()) {
-            obj.insert("usage".to_string(), u.to_json());
+        if let Some(obj) = v.as_object_mut() {
+            if let Some(u) = self.usage {
+                obj.insert("usage".to_string(), u.to_json_in(self.dialect));
+            }
+            if self.dialect == Dialect::LlamaCpp {
+                obj.insert(
+                    "system_fingerprint".to_string(),
+                    json!(dialect::SYSTEM_FINGERPRINT),
+                );
+                obj.insert("timings".to_string(), dialect::timings(self.counts));
+            }
         }
         let small = to_bytes(&v, self.fault);
         if self.fault == Some(FaultKind::CutJson) {
@@ -1145,12 +1266,25 @@ impl Completion {
             "model": self.model,
             "choices": choices,
         });
-        if self.include_usage {
-            if let Some(obj) = v.as_object_mut() {
+        if let Some(obj) = v.as_object_mut() {
+            if self.include_usage {
                 obj.insert("usage".to_string(), Value::Null);
+            }
+            if self.dialect == Dialect::LlamaCpp {
+                obj.insert(
+                    "system_fingerprint".to_string(),
+                    json!(dialect::SYSTEM_FINGERPRINT),
+                );
             }
         }
         v
+    }
+
+    /// Adds llama.cpp's `timings` to the last chunk before `[DONE]`.
+    fn add_timings(&self, chunk: &mut Value) {
+        if let (Dialect::LlamaCpp, Some(obj)) = (self.dialect, chunk.as_object_mut()) {
+            obj.insert("timings".to_string(), dialect::timings(self.counts));
+        }
     }
 
     /// The SSE events of a streaming response, without `data: ` framing.
@@ -1186,14 +1320,18 @@ impl Completion {
             self.fault,
             Some(FaultKind::Garbage | FaultKind::WrongShape | FaultKind::CutJson)
         ) {
+            let usage_chunk = self.usage.filter(|_| self.include_usage);
             for (i, c) in self.choices.iter().enumerate() {
-                self.push_choice_events(&mut events, i, c);
+                // Without a usage chunk, the last finish chunk ends the stream.
+                let ends_stream = usage_chunk.is_none() && i + 1 == self.choices.len();
+                self.push_choice_events(&mut events, i, c, ends_stream);
             }
-            if let (true, Some(u)) = (self.include_usage, self.usage) {
+            if let Some(u) = usage_chunk {
                 let mut v = self.chunk(Vec::new());
                 if let Some(obj) = v.as_object_mut() {
-                    obj.insert("usage".to_string(), u.to_json());
+                    obj.insert("usage".to_string(), u.to_json_in(self.dialect));
                 }
+                self.add_timings(&mut v);
                 events.push(ev(EventKind::Usage, &v));
             }
         }
@@ -1204,14 +1342,29 @@ impl Completion {
         events
     }
 
-    fn push_choice_events(&self, events: &mut Vec<SseEvent>, index: usize, c: &Choice) {
+    /// The role, token and finish chunks of choice `index`; `ends_stream`:
+    /// its finish chunk is the last chunk of the stream. The end-of-sequence
+    /// token adds no chunk (llama-server sends nothing for it: its text is
+    /// empty), so its logprobs entry is only in non-streaming bodies.
+    fn push_choice_events(
+        &self,
+        events: &mut Vec<SseEvent>,
+        index: usize,
+        c: &Choice,
+        ends_stream: bool,
+    ) {
         let ev = |kind, v: &Value| SseEvent {
             kind,
             data: to_bytes(v, self.fault),
         };
+        // llama-server's first delta has a null content.
+        let first_content = match self.dialect {
+            Dialect::OpenAi => json!(""),
+            Dialect::LlamaCpp => Value::Null,
+        };
         let role = json!({
             "index": index,
-            "delta": {"role": "assistant", "content": ""},
+            "delta": {"role": "assistant", "content": first_content},
             "logprobs": null,
             "finish_reason": null,
         });
@@ -1238,7 +1391,10 @@ impl Completion {
                 }
             }
             let logprobs = match c.logprobs.as_ref().and_then(|l| l.get(t)) {
-                Some(lp) => json!({"content": [logprob_entry(piece, lp)], "refusal": null}),
+                Some(lp) => json!({
+                    "content": [logprob_entry(piece, lp, self.dialect)],
+                    "refusal": null,
+                }),
                 None => Value::Null,
             };
             let choice = json!({
@@ -1257,7 +1413,11 @@ impl Completion {
             "logprobs": null,
             "finish_reason": c.finish_reason,
         });
-        events.push(ev(EventKind::Finish, &self.chunk(vec![fin])));
+        let mut fin = self.chunk(vec![fin]);
+        if ends_stream {
+            self.add_timings(&mut fin);
+        }
+        events.push(ev(EventKind::Finish, &fin));
     }
 }
 
@@ -1368,6 +1528,77 @@ mod tests {
                     prev = *l;
                 }
                 assert_eq!(lp.top.len(), 20);
+            }
+        }
+    }
+
+    #[test]
+    fn eos_logprobs_are_ordered() {
+        for i in 0..200 {
+            for mean in [0.0, -0.3, -50.0] {
+                for top in [0, 1, 5, 20] {
+                    let lp = eos_logprob(9, i, mean, top);
+                    assert!(lp.logprob <= 0.0);
+                    assert_eq!(lp.top.len() as u64, top);
+                    if top == 0 {
+                        continue;
+                    }
+                    assert_eq!(lp.top[0], (String::new(), lp.logprob));
+                    let mut names: Vec<&str> = lp.top.iter().map(|(t, _)| t.as_str()).collect();
+                    names.sort_unstable();
+                    names.dedup();
+                    assert_eq!(names.len() as u64, top, "{:?}", lp.top);
+                    for pair in lp.top.windows(2) {
+                        assert!(pair[1].1 < pair[0].1, "{:?}", lp.top);
+                    }
+                }
+            }
+        }
+        assert_eq!(eos_logprob(1, 2, -0.3, 3), eos_logprob(1, 2, -0.3, 3));
+        assert_eq!(eos_logprob(1, 2, -0.3, 3).top[1].0, "\n");
+    }
+
+    #[test]
+    fn llama_cpp_usage_counts_the_eos_token() {
+        let req = ChatRequest::parse(
+            br#"{"model":"m","n":2,"logprobs":true,"messages":[{"role":"user","content":"x"}]}"#,
+        )
+        .unwrap();
+        let mc = ModelConfig {
+            dialect: Dialect::LlamaCpp,
+            answer_words: 3,
+            ..ModelConfig::default()
+        };
+        let d = Directives::default();
+        for fault in [None, Some(FaultKind::Huge), Some(FaultKind::NoUsage)] {
+            let p = GenParams {
+                seed: 1,
+                model: &mc,
+                directives: &d,
+                fault,
+                id: "x".into(),
+                created: 0,
+                question: None,
+                quality: Quality::default(),
+                errors: ErrorModel::default(),
+            };
+            let c = generate(&req, &p);
+            let text: u64 = c.choices.iter().map(|c| c.tokens).sum();
+            assert!(c.choices.iter().all(|c| c.eos));
+            assert_eq!(c.counts.completion_tokens, text + 2);
+            assert_eq!(c.usage.is_none(), fault == Some(FaultKind::NoUsage));
+            if fault.is_none() {
+                for ch in &c.choices {
+                    assert_eq!(ch.logprobs.as_ref().unwrap().len() as u64, ch.tokens + 1);
+                }
+                let v: Value = serde_json::from_slice(&c.to_json_body()).unwrap();
+                assert_eq!(v["usage"]["completion_tokens"], text + 2);
+            }
+            if fault == Some(FaultKind::NoUsage) {
+                // The timings still report what was generated.
+                let v: Value = serde_json::from_slice(&c.to_json_body()).unwrap();
+                assert!(v.get("usage").is_none());
+                assert_eq!(v["timings"]["predicted_n"], text + 2);
             }
         }
     }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::dialect::Dialect;
 use crate::faults::{FailureRates, FaultKind};
 use crate::items::{valid_topic, ItemBank, TOPIC_RULE};
 use crate::questions::{Calibration, ErrorModel, Quality};
@@ -59,6 +60,11 @@ pub struct ModelConfig {
     /// Ignore the request's `seed` and the choice index: every sample of an
     /// item is the same answer.
     pub deterministic: bool,
+    /// The wire format of its responses.
+    pub dialect: Dialect,
+    /// The context size in tokens: a request with more prompt tokens gets
+    /// a 400 (`None`: unlimited).
+    pub context_tokens: Option<u64>,
 }
 
 impl Default for ModelConfig {
@@ -76,6 +82,8 @@ impl Default for ModelConfig {
             failure_rates: FailureRates::new(),
             quality: Quality::default(),
             deterministic: false,
+            dialect: Dialect::OpenAi,
+            context_tokens: None,
         }
     }
 }
@@ -123,6 +131,8 @@ const MAX_ANSWER_WORDS: u64 = 1_000_000;
 const MAX_IRT: f64 = 100.0;
 /// Bound on `confidence_spread`.
 const MAX_SPREAD: f64 = 1e6;
+/// Upper bound for `context_tokens`.
+const MAX_CONTEXT_TOKENS: u64 = 1 << 30;
 /// At most this many entries in a model's `topic_skills`.
 pub const MAX_TOPICS: usize = 1000;
 
@@ -274,6 +284,16 @@ fn parse_model(path: &str, v: &Value) -> Result<ModelConfig, ConfigError> {
             topic_skills: BTreeMap::new(),
         },
         deterministic: f.bool("deterministic", d.deterministic)?,
+        dialect: match f.str("dialect")? {
+            None => d.dialect,
+            Some(name) => Dialect::parse(name).ok_or_else(|| {
+                err(
+                    &f.path_of("dialect"),
+                    format!("expected {}", Dialect::NAMES),
+                )
+            })?,
+        },
+        context_tokens: f.opt_u64("context_tokens", 1, MAX_CONTEXT_TOKENS)?,
     };
     if m.quality.ability.is_some_and(|t| t.abs() > MAX_IRT) {
         return Err(err(
@@ -427,6 +447,25 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// An integer in `[min, max]`, or `None` when absent.
+    pub(crate) fn opt_u64(
+        &mut self,
+        key: &'static str,
+        min: u64,
+        max: u64,
+    ) -> Result<Option<u64>, ConfigError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                _ => Err(err(
+                    &self.path_of(key),
+                    format!("expected an integer between {min} and {max}"),
+                )),
+            },
+        }
+    }
+
     /// A finite number, or `None` when absent.
     pub(crate) fn opt_f64(&mut self, key: &'static str) -> Result<Option<f64>, ConfigError> {
         match self.take(key) {
@@ -515,6 +554,8 @@ mod tests {
         assert_eq!(m.quality.discrimination, 2.0);
         assert_eq!(m.quality.guess_floor, 0.25);
         assert!(m.deterministic);
+        assert_eq!(m.dialect, Dialect::OpenAi);
+        assert_eq!(m.context_tokens, None);
         let d = Config::from_json_str(r#"{"models":{"m":{}}}"#).unwrap();
         assert_eq!(d.error_model(), ErrorModel::default());
         assert_eq!(d.item_bank, None);
@@ -537,6 +578,30 @@ mod tests {
         // `null` counts as absent, as for every field.
         let c = Config::from_json_str(r#"{"models":{"m":{"topic_skills":null}}}"#).unwrap();
         assert!(c.models["m"].quality.topic_skills.is_empty());
+    }
+
+    #[test]
+    fn dialect_and_context_tokens_parse() {
+        let c = Config::from_json_str(
+            r#"{"models":{"l":{"dialect":"llama_cpp","context_tokens":2048},
+            "o":{"dialect":"openai","context_tokens":1},"n":{"dialect":null}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.models["l"].dialect, Dialect::LlamaCpp);
+        assert_eq!(c.models["l"].context_tokens, Some(2048));
+        assert_eq!(c.models["o"].dialect, Dialect::OpenAi);
+        assert_eq!(c.models["o"].context_tokens, Some(1));
+        assert_eq!(c.models["n"], ModelConfig::default());
+        let e = Config::from_json_str(r#"{"models":{"m":{"dialect":"llama"}}}"#).unwrap_err();
+        assert_eq!(e.path, "models.m.dialect");
+        assert!(e.message.contains("openai or llama_cpp"), "{e}");
+        let e = Config::from_json_str(r#"{"models":{"m":{"context_tokens":0}}}"#).unwrap_err();
+        assert_eq!(e.path, "models.m.context_tokens");
+        assert!(e.message.contains("between 1 and"), "{e}");
+        // Unknown keys next to them are still named.
+        let e = Config::from_json_str(r#"{"models":{"m":{"dialekt":"openai"}}}"#).unwrap_err();
+        assert_eq!(e.path, "models.m.dialekt");
+        assert!(e.message.contains("dialect, context_tokens"), "{e}");
     }
 
     #[test]
@@ -636,6 +701,16 @@ mod tests {
             ("discrimination", "-1"),
             ("guess_floor", "1.5"),
             ("deterministic", "1"),
+            ("dialect", "\"llama.cpp\""),
+            ("dialect", "\"OpenAI\""),
+            ("dialect", "1"),
+            ("dialect", "true"),
+            ("context_tokens", "0"),
+            ("context_tokens", "-1"),
+            ("context_tokens", "1.5"),
+            ("context_tokens", "\"2048\""),
+            ("context_tokens", "1e12"),
+            ("context_tokens", "2000000000"),
         ] {
             assert_eq!(
                 error_path(&format!(r#"{{"models":{{"m":{{"{key}":{bad}}}}}}}"#)),

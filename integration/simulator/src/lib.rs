@@ -5,6 +5,7 @@
 //! - [`config`]: the JSON config and its validation;
 //! - [`http`]: a minimal defensive HTTP/1.1 server layer;
 //! - [`completion`]: request validation, answer generation, JSON/SSE rendering;
+//! - [`dialect`]: the wire dialects (`openai`, llama.cpp's `llama_cpp`);
 //! - [`directives`]: `[sim:...]` directives in message text;
 //! - [`items`]: item banks and `[item:TAG]` tags;
 //! - [`questions`]: keyed questions, the error model, verifier and judge replies;
@@ -18,6 +19,7 @@
 
 pub mod completion;
 pub mod config;
+pub mod dialect;
 pub mod directives;
 pub mod dist;
 pub mod error;
@@ -32,5 +34,6 @@ pub mod stats;
 pub mod synthesis;
 
 pub use config::{Config, ConfigError, ModelConfig};
+pub use dialect::Dialect;
 pub use items::ItemBank;
 pub use server::Server;

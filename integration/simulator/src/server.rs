@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::completion::{generate, ChatRequest, EventKind, GenParams, SseEvent, Usage};
 use crate::config::{Config, ModelConfig};
+use crate::dialect::Dialect;
 use crate::directives::{Directives, FaultDirective};
 use crate::error::ApiError;
 use crate::faults::{self, FaultKind};
@@ -106,7 +107,7 @@ fn serve_connection(state: &State, stream: TcpStream) {
             Err(ReadError::Closed) => return,
             Err(ReadError::Bad(status, message)) => {
                 let err = ApiError::new(status, "invalid_request_error", message);
-                if send_error(&mut conn.stream, &err, &[], true) != Flow::Drop {
+                if send_error(&mut conn.stream, &err, Dialect::OpenAi, &[], true) != Flow::Drop {
                     http::close_gracefully(&mut conn.stream);
                 }
                 return;
@@ -146,7 +147,13 @@ fn route(state: &State, stream: &mut TcpStream, req: &Request, close: bool) -> F
             state.stats.reset();
             send_json(stream, &json!({"ok": true}), close)
         }
-        _ => send_error(stream, &ApiError::not_found(&req.path), &[], close),
+        _ => send_error(
+            stream,
+            &ApiError::not_found(&req.path),
+            Dialect::OpenAi,
+            &[],
+            close,
+        ),
     }
 }
 
@@ -166,18 +173,38 @@ fn send_json(stream: &mut TcpStream, v: &serde_json::Value, close: bool) -> Flow
     )
 }
 
-fn send_error(stream: &mut TcpStream, err: &ApiError, extra: &[(&str, &str)], close: bool) -> Flow {
+/// Sends `err` with its body in `dialect`'s shape.
+fn send_error(
+    stream: &mut TcpStream,
+    err: &ApiError,
+    dialect: Dialect,
+    extra: &[(&str, &str)],
+    close: bool,
+) -> Flow {
     flow(
         http::write_response(
             stream,
             err.status,
             "application/json",
             extra,
-            &err.body(),
+            &err.body_in(dialect),
             close,
         ),
         close,
     )
+}
+
+/// The dialect of the configured model a request body names, if it can be
+/// read at all (for errors found before the request is fully validated);
+/// else the default.
+fn dialect_of_body(config: &Config, body: &[u8]) -> Dialect {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .as_ref()
+        .and_then(|v| v.get("model"))
+        .and_then(Value::as_str)
+        .and_then(|m| config.models.get(m))
+        .map_or(Dialect::default(), |mc| mc.dialect)
 }
 
 fn unix_now() -> u64 {
@@ -210,12 +237,14 @@ fn chat(state: &State, stream: &mut TcpStream, body: &[u8], close: bool) -> Flow
         Ok(req) => req,
         Err(e) => {
             stats.rejected();
-            return send_error(stream, &e, &[], close);
+            let dialect = dialect_of_body(&state.config, body);
+            return send_error(stream, &e, dialect, &[], close);
         }
     };
     let Some(mc) = state.config.models.get(&req.model) else {
         stats.rejected();
-        return send_error(stream, &ApiError::model_not_found(&req.model), &[], close);
+        let err = ApiError::model_not_found(&req.model);
+        return send_error(stream, &err, Dialect::default(), &[], close);
     };
     let scanned = Directives::scan(req.texts.iter().map(String::as_str), &req.model)
         .and_then(|d| Ok((questions::question(&d, &req.texts, &state.config.items)?, d)));
@@ -228,13 +257,21 @@ fn chat(state: &State, stream: &mut TcpStream, body: &[u8], close: bool) -> Flow
                 Some("messages"),
             )
             .with_code("invalid_directive");
-            return send_error(stream, &err, &[], close);
+            return send_error(stream, &err, mc.dialect, &[], close);
         }
     };
     let model = req.model.as_str();
     // The usage log's key: the item bank tag the request carries.
     let tag = question.as_ref().and_then(|q| q.tag.as_deref());
     let counter = stats.begin_request(model, tag);
+    // A prompt larger than the context is refused before anything else
+    // (latency, faults, generation), with a JSON body even for a stream.
+    let prompt_tokens = req.prompt_tokens();
+    if let Some(ctx) = mc.context_tokens.filter(|&ctx| prompt_tokens > ctx) {
+        stats.context_overflow(model);
+        let err = ApiError::context_overflow(mc.dialect, prompt_tokens, ctx);
+        return send_error(stream, &err, mc.dialect, &[], close);
+    }
     let drawn = faults::draw(
         state.config.seed,
         model,
@@ -269,7 +306,7 @@ fn chat(state: &State, stream: &mut TcpStream, body: &[u8], close: bool) -> Flow
             } else {
                 &[]
             };
-            return send_error(stream, &err, extra, close);
+            return send_error(stream, &err, mc.dialect, extra, close);
         }
         Some(FaultKind::Reset) => {
             let _ = stream.shutdown(Shutdown::Both);

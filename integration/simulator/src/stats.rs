@@ -72,6 +72,9 @@ pub struct ModelStats {
     /// Requests whose client went away before the response was fully sent
     /// (during latency, a hang, a slow drip or a stream).
     pub cancelled: u64,
+    /// Requests refused because their prompt exceeds the model's
+    /// `context_tokens` (400, no tokens served).
+    pub context_overflows: u64,
     pub faults: BTreeMap<FaultKind, u64>,
     /// Keyed answers, verifications, judgements, syntheses and plans actually delivered.
     pub tally: Tally,
@@ -84,6 +87,7 @@ impl ModelStats {
         self.prompt_tokens += other.prompt_tokens;
         self.completion_tokens += other.completion_tokens;
         self.cancelled += other.cancelled;
+        self.context_overflows += other.context_overflows;
         self.tally.add(&other.tally);
         for (k, v) in &other.faults {
             *self.faults.entry(*k).or_default() += v;
@@ -106,6 +110,7 @@ impl ModelStats {
         m.insert("prompt_tokens".into(), json!(self.prompt_tokens));
         m.insert("completion_tokens".into(), json!(self.completion_tokens));
         m.insert("cancelled".into(), json!(self.cancelled));
+        m.insert("context_overflows".into(), json!(self.context_overflows));
         let t = &self.tally;
         m.insert("answers_correct".into(), json!(t.answers_correct));
         m.insert("answers_wrong".into(), json!(t.answers_wrong));
@@ -225,6 +230,10 @@ impl Stats {
 
     pub fn cancelled(&self, model: &str) {
         self.with_model(model, |m| m.cancelled += 1);
+    }
+
+    pub fn context_overflow(&self, model: &str) {
+        self.with_model(model, |m| m.context_overflows += 1);
     }
 
     /// Records a response about to be completed: the usage it reports (if
