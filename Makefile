@@ -19,8 +19,9 @@ CARGO     ?= cargo
 help:
 	@echo "make run    build the plugin and simulator, start them behind Envoy on 127.0.0.1:10000"
 	@echo "make run MODELS=real  the same with real local models (llama-server + SmolLM2-135M on CPU)"
-	@echo "make real-models  = make run MODELS=real (the first run builds llama.cpp: about 10 minutes)"
-	@echo "make test   every test: lint, native unit tests, wasmtime host tests, real-Envoy end-to-end, a 5-minute soak, a short fuzz run"
+	@echo "make real-models  = make run MODELS=real (the first run builds llama.cpp: about 14 minutes)"
+	@echo "make test   every test: lint, native unit tests, wasmtime host tests, real-Envoy end-to-end, real local models, a 5-minute soak, a short fuzz run"
+	@echo "           (LOOPER_SKIP_REAL_MODELS=1 leaves out the real-model suite where llama.cpp cannot be built)"
 	@echo "make soak   5 minutes of mixed recipes, streams, faults and bad requests through Envoy (SOAK_ARGS=...)"
 	@echo "make fuzz   coverage-guided fuzzing of the parsers, FUZZ_SECONDS (default $(FUZZ_SECONDS)) per target"
 	@echo "make build  build $(WASM) and the simulator"
