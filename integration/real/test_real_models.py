@@ -13,9 +13,9 @@ The model is tiny and sampled, so the tests check the gateway's behaviour on wha
 never that it is right.
 """
 
+import http.client
 import json
 import math
-import re
 
 import openai
 import pytest
@@ -72,12 +72,28 @@ def usage_sum(exchanges):
     return total
 
 
-def assert_usage_is_what_the_servers_reported(reply, exchanges):
+def assert_usage_is_what_the_servers_reported(reply, exchanges, trace=None):
+    """The reply's usage is the sum of what the servers reported for the calls it billed: all
+    of them, or, when the gateway stopped waiting for some (Ratings and ReMoM stop once their
+    vote is decided), those the trace lists as answered, each matching one server report."""
     calls = model_calls(exchanges)
     assert calls, "no call reached a server"
-    expected = usage_sum(exchanges)
-    assert {k: reply["usage"][k] for k in expected} == expected
-    assert expected["completion_tokens"] > 0
+    abandoned = (trace or {}).get("abandoned_calls", 0)
+    if not abandoned:
+        expected = usage_sum(exchanges)
+        assert {k: reply["usage"][k] for k in expected} == expected
+        assert expected["completion_tokens"] > 0
+        return
+    reports = [(u["prompt_tokens"], u["completion_tokens"])
+               for u in map(reported_usage, calls)]
+    billed = [(s["usage"]["prompt_tokens"], s["usage"]["completion_tokens"])
+              for s in trace["steps"] if s.get("usage") and s["state"] != "abandoned"]
+    for pair in billed:
+        assert pair in reports, (pair, reports)
+        reports.remove(pair)
+    assert len(reports) == abandoned
+    assert reply["usage"]["prompt_tokens"] == sum(p for p, _ in billed)
+    assert reply["usage"]["completion_tokens"] == sum(c for _, c in billed)
 
 
 @pytest.mark.parametrize("model", sorted(ALGORITHMS))
@@ -95,17 +111,7 @@ def test_every_algorithm_answers_through_envoy(real, model):
     calls = model_calls(exchanges)
     assert int(headers["x-looper-calls"]) == len(calls)
     assert all(e["status"] == 200 for e in calls), [e["status"] for e in calls]
-    assert_usage_is_what_the_servers_reported(reply, exchanges)
-
-
-# How a reply names its option: `ANSWER: B` (what the contract asks for) or, as SmolLM2 does,
-# by opening with the option's label, `B) Red`.
-OPTION_IN_REPLY = re.compile(r"ANSWER:\s*\(?([ABCD])\b|^\s*\(?([ABCD])[).:](?:\s|$)")
-
-
-def named_option(text):
-    m = OPTION_IN_REPLY.search(text)
-    return m and (m.group(1) or m.group(2))
+    assert_usage_is_what_the_servers_reported(reply, exchanges, reply["looper_trace"])
 
 
 @pytest.mark.parametrize("model", sorted(CHOICE_MODELS))
@@ -119,10 +125,16 @@ def test_the_choice_contract_finds_an_answer_in_real_text(real, model):
     answers = {s["answer"] for s in trace["steps"] if s.get("answer")}
     assert answers, f"no answer extracted from any real reply: {trace}"
     assert answers <= set("ABCD")
-    # The reply is one of the servers' own texts, and names the option the gateway read.
-    texts = [json.loads(e["response"])["choices"][0]["message"]["content"] for e in exchanges]
+    # The reply is one of the servers' own texts, and the gateway read an option in it. (The
+    # workers are the clusters of the model aliases of the same names.)
+    texts = {}
+    for e in exchanges:
+        body = json.loads(e["response"]) if e["status"] == 200 else None
+        if body:
+            texts.setdefault(body["choices"][0]["message"]["content"], set()).add(e["worker"])
     assert content in texts
-    assert named_option(content) in answers, content
+    chosen = [s for s in trace["steps"] if s["model"] in texts[content] and s.get("answer")]
+    assert chosen, (content, trace["steps"])
 
 
 def test_the_choice_contract_repairs_a_real_final_answer_or_falls_back(patched):
@@ -145,7 +157,7 @@ def test_the_choice_contract_repairs_a_real_final_answer_or_falls_back(patched):
         # The first final answer broke the contract: exactly one repair call followed.
         assert finals == 2, (roles, check)
     if status == 200:
-        assert named_option(reply["choices"][0]["message"]["content"]) in set("ABCD")
+        assert check.get("passed") or trace["stop_reason"], trace
     assert int(headers["x-looper-calls"]) == len(exchanges)
 
 
@@ -163,10 +175,12 @@ def contiguous_means(values):
             yield total / (j - i + 1)
 
 
-def confidence_config(method, thresholds):
+def confidence_config(method, thresholds, contract=None):
     def patch(config):
         recipe = config["recipes"]["confidence"]
         recipe["method"] = method
+        if contract is not None:
+            recipe["contract"] = contract
         for candidate, threshold in zip(recipe["candidates"], thresholds):
             candidate["threshold"] = threshold
     return patch
@@ -174,7 +188,9 @@ def confidence_config(method, thresholds):
 
 @pytest.mark.parametrize("method", ["avg_logprob", "margin"])
 def test_confidence_scores_real_logprobs_and_stops_when_sure_enough(patched, method):
-    stack = patched(confidence_config(method, [0.0, 0.0, 0.0]))
+    # Free text, so the score is read whatever the model writes (with the `choice` contract a
+    # reply that names no option scores 0 without reading a logprob).
+    stack = patched(confidence_config(method, [0.0, 0.0, 0.0], {"type": "text"}))
     status, headers, reply = ask(stack, "looper/confidence", MC_QUESTION)
     exchanges = model_calls(stack.exchanges())
     assert status == 200, reply
@@ -186,7 +202,9 @@ def test_confidence_scores_real_logprobs_and_stops_when_sure_enough(patched, met
     tokens = token_logprobs(exchanges[0])
     score = reply["looper_trace"]["steps"][0]["score"]
     # The score is the plugin's reading of the server's own numbers: the geometric mean
-    # probability, or the mean gap to the runner-up, of the tokens of the answer.
+    # probability, or the mean gap to the runner-up, of the tokens of the answer (here the
+    # whole reply, without llama.cpp's end-of-sequence entry, which the runs below include or
+    # not).
     if method == "avg_logprob":
         per_token = [t["logprob"] for t in tokens]
         candidates = (math.exp(m) for m in contiguous_means(per_token))
@@ -218,7 +236,9 @@ def test_confidence_escalates_while_real_scores_are_below_the_threshold(patched)
     assert_usage_is_what_the_servers_reported(reply, exchanges)
 
 
-@pytest.mark.parametrize("model", ["looper/chat", "looper/ratings", "looper/fusion"])
+# (Not Ratings: its early stop abandons calls, which a stream's usage cannot show; the buffered
+# test above covers its usage.)
+@pytest.mark.parametrize("model", ["looper/chat", "looper/confidence", "looper/fusion"])
 def test_the_openai_client_streams(real, model):
     real.exchanges()
     client = openai.OpenAI(base_url=real.base_url + "/v1", api_key="unused", max_retries=0,
@@ -239,17 +259,23 @@ def test_the_openai_client_streams(real, model):
         {"usage": usage.model_dump()}, exchanges)
 
 
+def tokenize(stack, text):
+    conn = http.client.HTTPConnection("127.0.0.1", stack.pool.workers[0]["port"], timeout=30)
+    try:
+        conn.request("POST", "/tokenize", body=json.dumps({"content": text}),
+                     headers={"content-type": "application/json"})
+        return len(json.loads(conn.getresponse().read())["tokens"])
+    finally:
+        conn.close()
+
+
 def long_text(stack, tokens):
-    """Prose of about `tokens` tokens of the model's tokenizer (measured by the server)."""
+    """Prose of `tokens` tokens or a few more, as the server's own tokenizer counts them."""
     sentence = "The quick brown fox jumps over the lazy dog near the quiet river bank. "
-    port = stack.pool.workers[0]["port"]
-    import http.client
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("POST", "/tokenize", body=json.dumps({"content": sentence}),
-                 headers={"content-type": "application/json"})
-    per_sentence = len(json.loads(conn.getresponse().read())["tokens"])
-    conn.close()
-    return sentence * max(1, tokens // per_sentence)
+    count = max(1, tokens // tokenize(stack, sentence))
+    while tokenize(stack, sentence * count) < tokens:
+        count += 1
+    return sentence * count
 
 
 @pytest.mark.parametrize("model", ["looper/chat", "looper/fusion", "looper/confidence"])
@@ -264,7 +290,8 @@ def test_a_prompt_beyond_the_context_window_is_a_400_context_length_exceeded(nar
     assert reply["error"]["param"] == "messages"
     # Every model was asked (one may have a larger window), and each said the same.
     assert exchanges and all(e["status"] == 400 for e in exchanges)
-    assert {e["worker"] for e in exchanges} >= {"llama-a"}
+    asked = {"looper/chat": {"llama-a", "llama-b"}}.get(model, {"llama-a", "llama-b", "llama-c"})
+    assert {e["worker"] for e in exchanges} == asked
     # The gateway is still serving.
     status, _, _ = ask(real, "looper/chat", FREE_QUESTION, max_tokens=8)
     assert status == 200
@@ -275,8 +302,10 @@ def test_a_synthesis_beyond_the_context_window_falls_back_to_the_panel_vote(narr
     do not. Fusion answers with the panel's vote, as documented."""
     real = narrow
     real.exchanges()
-    status, headers, reply = ask(real, "looper/fusion", long_text(real, NARROW_CONTEXT - 120) +
-                                 "\nIn one word, what animal jumps?", max_tokens=96)
+    # The panel's prompt is the question in the chat template (about 40 tokens more); the
+    # judge's adds its instructions and three answers, well over the 100 tokens left.
+    question = long_text(real, NARROW_CONTEXT - 100) + "\nWhat animal jumps?"
+    status, headers, reply = ask(real, "looper/fusion", question, max_tokens=96)
     exchanges = model_calls(real.exchanges())
     assert status == 200, reply
     statuses = [e["status"] for e in exchanges]

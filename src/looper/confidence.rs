@@ -491,9 +491,14 @@ fn token_logprobs(completion: &UpstreamCompletion) -> Option<Vec<TokenLogprob>> 
                 .unwrap_or_default();
             alternatives.sort_by(|a, b| b.1.total_cmp(&a.1));
             let text = t.get("token")?.as_str()?;
-            // llama.cpp's server lists the end-of-sequence token too, as an empty one: it is
-            // not part of the answer and would drag every whole-reply score down.
-            if text.is_empty() {
+            // llama.cpp's server lists the end-of-sequence token too, with no text and no
+            // bytes: it is not part of the answer and would drag every whole-reply score down.
+            // (An empty `token` with bytes is a piece of a character, and is kept.)
+            let no_bytes = t
+                .get("bytes")
+                .and_then(Value::as_array)
+                .is_none_or(Vec::is_empty);
+            if text.is_empty() && no_bytes {
                 return None;
             }
             Some(TokenLogprob {
@@ -677,6 +682,14 @@ mod tests {
         let c = completion_with(text, lp);
         let all = logprob_score(&c, text, None, ConfidenceMethod::AvgLogprob, 0.5).unwrap();
         assert!((all - 0.8).abs() < 1e-9, "{all}");
+        // An empty token that carries bytes is part of the text, and is scored.
+        let lp = json!({"content": [
+            {"token": "A", "bytes": [65], "logprob": (0.8f64).ln(), "top_logprobs": []},
+            {"token": "", "bytes": [227], "logprob": (0.2f64).ln(), "top_logprobs": []}
+        ]});
+        let c = completion_with("A", lp);
+        let all = logprob_score(&c, "A", None, ConfidenceMethod::AvgLogprob, 0.5).unwrap();
+        assert!((all - 0.4).abs() < 1e-9, "{all}");
     }
 
     #[test]
