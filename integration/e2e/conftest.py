@@ -13,7 +13,9 @@ import os
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,10 @@ ENVOY = ROOT / ".venv" / "bin" / "envoy"
 SIM = ROOT / "target" / "release" / "looper-sim"
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "looper.wasm"
 SIM_CONFIG = ROOT / "integration" / "simulator" / "sim.json"
+
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade",
+              "proxy-connection", "content-length"}
 
 
 def free_port():
@@ -46,6 +52,92 @@ def wasm_filter(bootstrap):
         if f["name"] == "envoy.filters.http.wasm":
             return f["typed_config"]["config"]
     raise AssertionError("no wasm filter in envoy.yaml")
+
+
+class RecordingProxy:
+    """HTTP/1.1 in front of one upstream (the simulator, a llama-server). Keeps each request
+    (method, path, headers, body) and the response's status and body; relays the response as
+    it arrives (chunked), so streams stay streams."""
+
+    def __init__(self, upstream_port, name=None):
+        self.exchanges = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _body(self):
+                if self.headers.get("transfer-encoding", "").lower() == "chunked":
+                    body = b""
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0], 16)
+                        chunk = self.rfile.read(size + 2)[:size]
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return body
+                        body += chunk
+                return self.rfile.read(int(self.headers.get("content-length", 0)))
+
+            def _forward(self):
+                body = self._body()
+                headers = [(k.lower(), v) for k, v in self.headers.items()]
+                record = {"worker": name, "method": self.command, "path": self.path,
+                          "headers": headers, "body": body, "status": None, "response": b""}
+                with proxy.lock:
+                    proxy.exchanges.append(record)
+                conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=300)
+                try:
+                    conn.request(self.command, self.path, body=body or None,
+                                 headers={k: v for k, v in headers if k not in HOP_BY_HOP})
+                    resp = conn.getresponse()
+                    record["status"] = resp.status
+                    self.send_response(resp.status)
+                    for k, v in resp.getheaders():
+                        if k.lower() not in HOP_BY_HOP:
+                            self.send_header(k, v)
+                    self.send_header("transfer-encoding", "chunked")
+                    self.end_headers()
+                    while True:
+                        data = resp.read1(65536)
+                        if not data:
+                            break
+                        record["response"] += data
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                except OSError:
+                    # The gateway gave up on the call (deadline, client gone): nothing to relay.
+                    self.close_connection = True
+                finally:
+                    conn.close()
+                    record["done"] = True
+
+            do_GET = do_POST = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def take(self, wait_s=120):
+        """The exchanges so far, once each has ended: a call the gateway stopped waiting for
+        may still be running on the server after the reply."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            with self.lock:
+                if all(e.get("done") for e in self.exchanges) or time.monotonic() > deadline:
+                    out, self.exchanges = self.exchanges, []
+                    return out
+            time.sleep(0.02)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class Stack:

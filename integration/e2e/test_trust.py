@@ -8,15 +8,12 @@ VM environment (`host_env_keys: [LOOPER_API_KEY]` in envoy.yaml).
 """
 
 import copy
-import http.client
 import json
 import secrets
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import Stack, default_plugin_config
+from conftest import RecordingProxy, Stack, default_plugin_config
 
 SECRET = "sk-looper-" + secrets.token_hex(12)
 CLIENT_SECRET = "sk-client-" + secrets.token_hex(12)
@@ -34,76 +31,6 @@ CLIENT_HEADERS = {
     "x-looper-max-calls": "32",
     "x-looper-models": "sim-large",
 }
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade",
-              "proxy-connection", "content-length"}
-
-
-class RecordingProxy:
-    """An HTTP/1.1 proxy in front of the simulator that keeps the headers of every request."""
-
-    def __init__(self, upstream_port):
-        self.requests = []
-        self.lock = threading.Lock()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _body(self):
-                if self.headers.get("transfer-encoding", "").lower() == "chunked":
-                    body = b""
-                    while True:
-                        size = int(self.rfile.readline().split(b";")[0], 16)
-                        chunk = self.rfile.read(size + 2)[:size]
-                        if size == 0:
-                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                                pass
-                            return body
-                        body += chunk
-                return self.rfile.read(int(self.headers.get("content-length", 0)))
-
-            def _forward(self):
-                body = self._body()
-                headers = [(k.lower(), v) for k, v in self.headers.items()]
-                with proxy.lock:
-                    proxy.requests.append({"method": self.command, "path": self.path,
-                                           "headers": headers, "body": body})
-                conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=60)
-                try:
-                    conn.request(self.command, self.path, body=body or None,
-                                 headers={k: v for k, v in headers if k not in HOP_BY_HOP})
-                    resp = conn.getresponse()
-                    data = resp.read()
-                    self.send_response(resp.status)
-                    for k, v in resp.getheaders():
-                        if k.lower() not in HOP_BY_HOP:
-                            self.send_header(k, v)
-                    self.send_header("content-length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                finally:
-                    conn.close()
-
-            do_GET = do_POST = _forward
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def take(self):
-        with self.lock:
-            out, self.requests = self.requests, []
-        return out
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 class ProxiedStack(Stack):
     """The default stack with every cluster behind a RecordingProxy."""
 

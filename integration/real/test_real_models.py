@@ -195,7 +195,7 @@ def test_confidence_scores_real_logprobs_and_stops_when_sure_enough(patched, met
     exchanges = model_calls(stack.exchanges())
     assert status == 200, reply
     assert headers["x-looper-calls"] == "1" and headers["x-looper-models"] == "llama-a"
-    request = json.loads(exchanges[0]["request"])
+    request = json.loads(exchanges[0]["body"])
     assert request["logprobs"] is True
     if method == "margin":
         assert request["top_logprobs"] >= 2

@@ -961,22 +961,22 @@ impl Runtime {
 
     /// At least one call ended, and every one that ended failed with a 429.
     fn only_rate_limited(&self) -> bool {
-        let mut ended = self
-            .calls
-            .iter()
-            .filter(|c| c.outcome.is_some_and(|o| o != "skipped"))
-            .peekable();
-        ended.peek().is_some() && ended.all(|c| c.status == Some(429))
+        self.every_ended_call(|c| c.status == Some(429))
     }
 
     /// At least one call ended, and every one that ended said the prompt was too long.
     fn only_context_overflow(&self) -> bool {
+        self.every_ended_call(|c| c.outcome == Some("context_overflow"))
+    }
+
+    /// At least one call ended (was not skipped), and `holds` for every one that did.
+    fn every_ended_call(&self, holds: impl Fn(&CallRecord) -> bool) -> bool {
         let mut ended = self
             .calls
             .iter()
             .filter(|c| c.outcome.is_some_and(|o| o != "skipped"))
             .peekable();
-        ended.peek().is_some() && ended.all(|c| c.outcome == Some("context_overflow"))
+        ended.peek().is_some() && ended.all(holds)
     }
 
     /// Calls the looper stopped waiting for, whether or not their result came in later.
