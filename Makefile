@@ -14,7 +14,7 @@ REAL_REQS := integration/real/requirements.txt
 REQS      := integration/e2e/requirements.txt
 CARGO     ?= cargo
 
-.PHONY: help deps wasm-target build run test lint unit host-test e2e real-e2e real-models real-models-deps soak fuzz-smoke fuzz compare eval probes bench bench-gateway clean oci
+.PHONY: help deps wasm-target build run test lint unit host-test e2e real-e2e real-models real-models-deps soak fuzz-smoke fuzz compare eval probes bench bench-gateway bench-floor clean oci
 
 help:
 	@echo "make run    build the plugin and simulator, start them behind Envoy on 127.0.0.1:10000"
@@ -176,14 +176,18 @@ probes: deps
 # Performance: the router's signal cost by input size and the sans-IO core's cost per recipe
 # (native), then the gateway's cost over plain Envoy in one run (real Envoy, oha at fixed rates).
 # BENCH_ARGS go to integration/bench/gateway.py (e.g. --seconds 5 --reps 3).
-bench: build $(OHA)
+bench: build bench-floor $(OHA)
 	$(CARGO) bench -p looper --bench signals
 	$(CARGO) bench -p looper --bench core
 	$(PYTHON) integration/bench/gateway.py $(BENCH_ARGS)
 
 # Only the gateway-over-Envoy part of `make bench`.
-bench-gateway: build $(OHA)
+bench-gateway: build bench-floor $(OHA)
 	$(PYTHON) integration/bench/gateway.py $(BENCH_ARGS)
+
+# The floor module the gateway bench measures Envoy's own cost of wasm with (a few seconds).
+bench-floor: wasm-target
+	$(CARGO) build --release --target wasm32-wasip1 --manifest-path integration/bench/floor/Cargo.toml --target-dir target/floor
 
 # The load generator, built from crates.io into the git-ignored venv (about 6 minutes the first time).
 $(OHA):

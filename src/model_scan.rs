@@ -87,10 +87,7 @@ impl ModelScanner {
             // Inside a string nobody captures (message text: nearly all of a body), only a
             // quote or a backslash can matter, so the bytes between are skipped in one search.
             if self.in_string && !self.escape && self.capture == Capture::None {
-                let skip = rest
-                    .iter()
-                    .position(|&c| c == b'"' || c == b'\\')
-                    .unwrap_or(rest.len());
+                let skip = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
                 rest = rest.get(skip..).unwrap_or_default();
             }
         }

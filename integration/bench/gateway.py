@@ -39,6 +39,8 @@ from conftest import ENVOY, SIM, WASM, envoy_bootstrap, free_port, wasm_filter  
 
 HERE = Path(__file__).resolve().parent / "gateway"
 OHA = ROOT / ".venv" / "tools" / "bin" / "oha"
+# The floor: the least a filter on Looper's path can do (`integration/bench/floor`).
+FLOOR_WASM = ROOT / "target" / "floor" / "wasm32-wasip1" / "release" / "looper_floor.wasm"
 RESULTS = ROOT / "results" / "bench-gateway.json"
 
 ENVOY_CORE = "0"
@@ -102,6 +104,40 @@ def bootstrap(plugin_port, plain_port, admin_port, sim_port):
     vhost = plain_hcm["route_config"]["virtual_hosts"][0]
     vhost["routes"] = [r for r in vhost["routes"] if "headers" not in r["match"]]
     boot["static_resources"]["listeners"].append(plain)
+    return boot
+
+
+def with_floor(boot, pause_port, dispatch_port):
+    """Adds two listeners whose wasm filter is the floor module: `pause` (hold the headers,
+    release with the body, the route answers) and `dispatch` (one `dispatch_http_call` and a
+    local reply, parsing nothing). Each has its own VM, as a separate plugin would."""
+    boot = json.loads(json.dumps(boot))
+    listeners = boot["static_resources"]["listeners"]
+    plugin = next(l for l in listeners if l["name"] == "plugin")
+    for mode, port in (("pause", pause_port), ("dispatch", dispatch_port)):
+        floor = json.loads(json.dumps(plugin))
+        floor["name"] = f"floor-{mode}"
+        floor["address"]["socket_address"]["port_value"] = port
+        hcm = floor["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["stat_prefix"] = f"floor_{mode}"
+        for f in hcm["http_filters"]:
+            if f["name"] == "envoy.filters.http.wasm":
+                config = f["typed_config"]["config"]
+                config["name"] = config["root_id"] = config["vm_config"]["vm_id"] = f"floor-{mode}"
+                config["vm_config"]["code"]["local"]["filename"] = str(FLOOR_WASM)
+                config["vm_config"].pop("environment_variables", None)
+                config["configuration"]["value"] = mode
+        listeners.append(floor)
+    return boot
+
+
+def floor_only(boot):
+    """The plain listener and the floor's `pause` listener (for the idle memory of V8 with
+    a module that does nothing)."""
+    boot = with_floor(boot, free_port(), free_port())
+    listeners = boot["static_resources"]["listeners"]
+    boot["static_resources"]["listeners"] = [
+        l for l in listeners if l["name"] in ("plain", "floor-pause")]
     return boot
 
 
@@ -317,37 +353,73 @@ def fit_plain(cells):
     return {"fixed_us": fixed, "per_kb_us": per_kb, "r2": r2}
 
 
-def latency_single(bench, reps, seconds):
-    """Gateway-added latency of `single` at c=1 with the zero-latency model, 1 KB bodies.
-    The two routes run at the same time, one connection each at 50 requests a second, so the
-    machine's noise (a shared host) falls on both alike; windows are repeated `reps` times."""
-    plugin, plain = [], []
-    for _ in range(reps):
-        results = {}
+LATENCY_ROUTES = [
+    # (name, listener, model): the plain route, the floor's two shapes, and the plugin's
+    # pass-through (a model it does not serve) and `single`.
+    ("plain", "plain", "sim-a"),
+    ("floor_pause", "floor-pause", "sim-a"),
+    ("floor_dispatch", "floor-dispatch", "floor/dispatch"),
+    ("plugin_pass_through", "plugin", "sim-a"),
+    ("plugin_single", "plugin", "bench/single"),
+]
 
-        def run(route, model):
-            body = bench.body_file(model, 1)
-            results[route] = oha(bench.ports[route], body, 50, seconds, 1)
 
-        threads = [threading.Thread(target=run, args=("plain", "sim-a")),
-                   threading.Thread(target=run, args=("plugin", "bench/single"))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for route, rows in (("plain", plain), ("plugin", plugin)):
-            summary = results[route]
-            if failed(summary) or not succeeded(summary):
-                raise SystemExit(f"latency window on {route} failed: {summary}")
-            rows.append({"p50_ms": summary["latencyPercentiles"]["p50"] * 1000,
-                         "p99_ms": summary["latencyPercentiles"]["p99"] * 1000})
-    return {
-        "plain_p50_ms": median(plain, "p50_ms"), "plain_p99_ms": median(plain, "p99_ms"),
-        "plugin_p50_ms": median(plugin, "p50_ms"), "plugin_p99_ms": median(plugin, "p99_ms"),
-        "added_p50_us": (median(plugin, "p50_ms") - median(plain, "p50_ms")) * 1000,
-        "added_p99_us": (median(plugin, "p99_ms") - median(plain, "p99_ms")) * 1000,
-        "windows": {"plain": plain, "plugin": plugin},
-    }
+def latency_c1(ports, requests):
+    """Latency at c=1 with the zero-latency model and 1 KB bodies. One client (on the load
+    core, keep-alive connections) sends one request to each route in turn, in an order that
+    rotates, so drift and host noise fall on every route alike; a route's added latency is
+    the median over rounds of its time minus the plain route's in the same round (and the
+    difference of the p50s and p99s is given too)."""
+    import http.client
+
+    os.sched_setaffinity(0, {int(LOAD_CORE)})
+    try:
+        conns = {name: http.client.HTTPConnection("127.0.0.1", ports[listener], timeout=10)
+                 for name, listener, _ in LATENCY_ROUTES}
+        bodies = {name: chat_body(model, 1) for name, _, model in LATENCY_ROUTES}
+        headers = {"content-type": "application/json"}
+
+        def one(name):
+            conn = conns[name]
+            start = time.perf_counter_ns()
+            conn.request("POST", "/v1/chat/completions", bodies[name], headers)
+            response = conn.getresponse()
+            response.read()
+            elapsed = (time.perf_counter_ns() - start) / 1000
+            if response.status != 200:
+                raise SystemExit(f"latency: {name} answered {response.status}")
+            return elapsed
+
+        names = [name for name, _, _ in LATENCY_ROUTES]
+        for _ in range(200):  # warm: V8 tiers, connection pools
+            for name in names:
+                one(name)
+        samples = {name: [] for name in names}
+        for i in range(requests):
+            order = names[i % len(names):] + names[:i % len(names)]
+            for name in order:
+                samples[name].append(one(name))
+            time.sleep(0.001)
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        for conn in conns.values():
+            conn.close()
+
+    def pct(xs, p):
+        return statistics.quantiles(xs, n=100)[p - 1]
+
+    plain = samples["plain"]
+    result = {"requests_per_route": requests,
+              "plain_p50_us": pct(plain, 50), "plain_p99_us": pct(plain, 99)}
+    for name in names[1:]:
+        xs = samples[name]
+        result[name] = {
+            "p50_us": pct(xs, 50), "p99_us": pct(xs, 99),
+            "added_p50_us": pct(xs, 50) - pct(plain, 50),
+            "added_p99_us": pct(xs, 99) - pct(plain, 99),
+            "added_paired_median_us": statistics.median(a - b for a, b in zip(xs, plain)),
+        }
+    return result
 
 
 def memory_in_flight(bench, seconds):
@@ -387,11 +459,14 @@ def memory_in_flight(bench, seconds):
 
 
 def idle_and_start(boot, tmp, runs=3):
-    """V8's idle memory with the module, and the VM start time: Envoy with the plugin
-    against the same Envoy without it, each started `runs` times."""
-    rows = {"with_plugin": [], "without_plugin": []}
+    """V8's idle memory with the module, and the VM start time: Envoy with the plugin, with
+    the floor module (a filter that does nothing) and with no wasm at all, each started `runs`
+    times."""
+    variants = (("with_plugin", boot), ("with_floor", floor_only(boot)),
+                ("without_plugin", plain_only(boot)))
+    rows = {name: [] for name, _ in variants}
     for _ in range(runs):
-        for name, config in (("with_plugin", boot), ("without_plugin", plain_only(boot))):
+        for name, config in variants:
             config = json.loads(json.dumps(config))
             config["admin"]["address"]["socket_address"]["port_value"] = free_port()
             for listener in config["static_resources"]["listeners"]:
@@ -399,16 +474,25 @@ def idle_and_start(boot, tmp, runs=3):
             envoy = Envoy(config, tmp, f"idle-{name}")
             try:
                 time.sleep(1.0)
-                rows[name].append({"ready_s": envoy.ready_s, "rss_bytes": envoy.rss_bytes()})
+                _, memory = envoy.admin("/memory")
+                rows[name].append({"ready_s": envoy.ready_s, "rss_bytes": envoy.rss_bytes(),
+                                   "heap_bytes": int(json.loads(memory)["allocated"])})
             finally:
                 envoy.close()
-    with_p, without = rows["with_plugin"], rows["without_plugin"]
+    with_p, floor, without = rows["with_plugin"], rows["with_floor"], rows["without_plugin"]
+
+    def mb(rows_, key):
+        return median(rows_, key) / 2**20
+
     return {
-        "idle_rss_with_plugin_mb": median(with_p, "rss_bytes") / 2**20,
-        "idle_rss_without_plugin_mb": median(without, "rss_bytes") / 2**20,
-        "v8_with_module_idle_mb": (median(with_p, "rss_bytes") - median(without, "rss_bytes"))
-        / 2**20,
+        "idle_rss_with_plugin_mb": mb(with_p, "rss_bytes"),
+        "idle_rss_with_floor_mb": mb(floor, "rss_bytes"),
+        "idle_rss_without_plugin_mb": mb(without, "rss_bytes"),
+        "v8_with_module_idle_mb": mb(with_p, "rss_bytes") - mb(without, "rss_bytes"),
+        "v8_with_floor_idle_mb": mb(floor, "rss_bytes") - mb(without, "rss_bytes"),
+        "heap_with_module_idle_mb": mb(with_p, "heap_bytes") - mb(without, "heap_bytes"),
         "vm_start_ms": (median(with_p, "ready_s") - median(without, "ready_s")) * 1000,
+        "floor_vm_start_ms": (median(floor, "ready_s") - median(without, "ready_s")) * 1000,
     }
 
 
@@ -420,9 +504,12 @@ def main():
     parser.add_argument("--sizes", default=",".join(map(str, SIZES_KB)))
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--latency-requests", type=int, default=2000,
+                        help="c=1 requests per route")
+    parser.add_argument("--skip-grid", action="store_true", help="latency and memory only")
     args = parser.parse_args()
 
-    for tool in (ENVOY, SIM, WASM, OHA):
+    for tool in (ENVOY, SIM, WASM, OHA, FLOOR_WASM):
         if not Path(tool).exists():
             raise SystemExit(f"missing {tool}: run `make bench`, which builds and installs it")
     if not shutil.which("taskset"):
@@ -439,18 +526,22 @@ def main():
         try:
             ports = free_port(), free_port(), free_port()
             boot = bootstrap(*ports, sim_port)
-            result = {"wasm_bytes": WASM.stat().st_size}
+            result = {"wasm_bytes": WASM.stat().st_size,
+                      "floor_wasm_bytes": FLOOR_WASM.stat().st_size}
             if not args.skip_memory:
                 result["idle"] = idle_and_start(boot, tmp)
-            envoy = Envoy(boot, tmp, "bench")
+            floor_ports = free_port(), free_port()
+            envoy = Envoy(with_floor(boot, *floor_ports), tmp, "bench")
             bench = Bench(envoy, tmp, ports[0], ports[1], args.seconds)
             # Warm both routes (V8 tiers up, connection pools fill).
             bench.window("plain", "sim-a", 1, 200, seconds=1)
             bench.window("plugin", "bench/remom-1x4", 1, 200, seconds=1)
             result["idle_envoy_cpu_ns_per_s"] = bench.idle_ns_per_s
-            result["latency_single"] = latency_single(bench, 5, max(args.seconds, 4))
+            result["latency_c1"] = latency_c1(
+                {"plugin": ports[0], "plain": ports[1], "floor-pause": floor_ports[0],
+                 "floor-dispatch": floor_ports[1]}, args.latency_requests)
             cells = []
-            for size in sizes:
+            for size in [] if args.skip_grid else sizes:
                 for recipe in recipes:
                     plugin, plain = bench.pair(recipe, size, args.reps)
                     legs = median(plugin, "upstream_requests_per_request")
@@ -472,8 +563,9 @@ def main():
                           f"  plain {plain_cpu:6.1f} µs  ratio {cell['ratio_to_plain_legs']:.2f}",
                           flush=True)
             result["grid"] = cells
-            result["cost_model"] = fit_plugin(cells)
-            result["plain_cost_model"] = fit_plain(cells)
+            if cells:
+                result["cost_model"] = fit_plugin(cells)
+                result["plain_cost_model"] = fit_plain(cells)
             if not args.skip_memory:
                 result["memory"] = memory_in_flight(bench, max(args.seconds, 4))
             result["upstream_cx_total"] = envoy.counters(
@@ -490,19 +582,27 @@ def main():
 
 
 def report(r):
-    lat = r["latency_single"]
-    print(f"\n.wasm: {r['wasm_bytes']:,} bytes")
+    print(f"\n.wasm: {r['wasm_bytes']:,} bytes (floor module {r['floor_wasm_bytes']:,})")
     if "idle" in r:
         i = r["idle"]
-        print(f"V8 with the module, idle: {i['v8_with_module_idle_mb']:.1f} MB "
-              f"(Envoy RSS {i['idle_rss_with_plugin_mb']:.1f} vs {i['idle_rss_without_plugin_mb']:.1f} MB); "
-              f"VM start: {i['vm_start_ms']:.0f} ms")
-    print(f"single at c=1: plugin-added p50 {lat['added_p50_us']:.0f} µs, "
-          f"p99 {lat['added_p99_us']:.0f} µs (plain p50 {lat['plain_p50_ms']*1000:.0f} µs)")
+        print(f"V8 idle: with the module {i['v8_with_module_idle_mb']:.1f} MB, with the floor "
+              f"module {i['v8_with_floor_idle_mb']:.1f} MB (Envoy RSS {i['idle_rss_with_plugin_mb']:.1f}"
+              f" / {i['idle_rss_with_floor_mb']:.1f} / {i['idle_rss_without_plugin_mb']:.1f} MB; "
+              f"heap +{i['heap_with_module_idle_mb']:.1f} MB with the module); VM start: "
+              f"{i['vm_start_ms']:.0f} ms (floor {i['floor_vm_start_ms']:.0f} ms)")
+    lat = r["latency_c1"]
+    print(f"\nc=1, 1 KB, {lat['requests_per_route']} requests a route; plain p50 "
+          f"{lat['plain_p50_us']:.0f} µs, p99 {lat['plain_p99_us']:.0f} µs")
+    print("| route | added p50 µs | added p99 µs | added, paired median µs |")
+    print("| --- | --- | --- | --- |")
+    for name, _, _ in LATENCY_ROUTES[1:]:
+        x = lat[name]
+        print(f"| {name} | {x['added_p50_us']:.0f} | {x['added_p99_us']:.0f} | "
+              f"{x['added_paired_median_us']:.0f} |")
     print("\n| recipe | body | legs | plugin CPU µs/req | plain CPU µs/req | ratio to L plain | "
           "p50 ms plugin / plain |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for c in r["grid"]:
+    for c in r.get("grid", []):
         print(f"| {c['recipe']} | {c['body_kb']} KB | {c['legs']:.2f} | {c['plugin_cpu_us']:.0f} | "
               f"{c['plain_cpu_us']:.0f} | {c['ratio_to_plain_legs']:.2f} | "
               f"{c['plugin_p50_ms']:.2f} / {c['plain_p50_ms']:.2f} |")

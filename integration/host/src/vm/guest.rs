@@ -170,6 +170,7 @@ impl Vm {
         self.last_fuel_used = self
             .fuel_per_callback
             .saturating_sub(self.store.get_fuel().unwrap_or(0));
+        self.total_fuel_used = self.total_fuel_used.saturating_add(self.last_fuel_used);
         let state = self.store.data_mut();
         state.active = 0;
         state.effective = 0;

@@ -40,6 +40,7 @@ pub struct Vm {
     last_context: ContextId,
     fuel_per_callback: u64,
     last_fuel_used: u64,
+    total_fuel_used: u64,
     failure: Option<VmFailure>,
 }
 
@@ -89,6 +90,7 @@ impl Vm {
             last_context: ROOT_CONTEXT_ID,
             fuel_per_callback,
             last_fuel_used: 0,
+            total_fuel_used: 0,
             failure: None,
         };
         let root = ROOT_CONTEXT_ID as i32;
@@ -308,6 +310,11 @@ impl Vm {
     /// Fuel the last guest callback used (≈ wasm instructions executed).
     pub fn last_fuel_used(&self) -> u64 {
         self.last_fuel_used
+    }
+
+    /// Fuel every guest callback so far used, the VM's start included.
+    pub fn total_fuel_used(&self) -> u64 {
+        self.total_fuel_used
     }
 
     /// Current size of the guest's linear memory in bytes (it never shrinks).
