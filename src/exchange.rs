@@ -17,6 +17,9 @@ use std::rc::Rc;
 
 pub const CHAT_COMPLETIONS_PATH: &str = "/v1/chat/completions";
 pub const MODELS_PATH: &str = "/v1/models";
+/// Commands a request usually queues at once (a call, a reply, its metrics): the queue is not
+/// regrown for them.
+const COMMANDS_PER_REQUEST: usize = 16;
 /// Request header the gateway sets to route a streamed final call; one from a client is
 /// always removed, so a client can never pick a cluster.
 pub const STREAM_CLUSTER_HEADER: &str = "x-looper-cluster";
@@ -178,7 +181,7 @@ impl Exchange {
             started: now,
             trace_requested: false,
             signal_headers: Vec::new(),
-            commands: VecDeque::new(),
+            commands: VecDeque::with_capacity(COMMANDS_PER_REQUEST),
             replied: false,
         }
     }

@@ -613,11 +613,16 @@ impl Runtime {
     /// request, however many sub-calls carry them).
     fn instructed_messages(&mut self) -> Option<Rc<RawValue>> {
         if self.instructed_messages.is_none() {
-            let messages = prompt::with_instruction(
-                self.request.field("messages").unwrap_or(&Value::Null),
-                self.recipe.contract.instruction().as_deref(),
-            );
-            self.instructed_messages = to_raw_value(&messages).ok().map(Rc::from);
+            let messages = self.request.field("messages").unwrap_or(&Value::Null);
+            // Without an instruction the client's messages are serialised as they are, not
+            // copied first.
+            let raw = match self.recipe.contract.instruction() {
+                Some(instruction) => {
+                    to_raw_value(&prompt::with_instruction(messages, Some(&instruction)))
+                }
+                None => to_raw_value(messages),
+            };
+            self.instructed_messages = raw.ok().map(Rc::from);
         }
         self.instructed_messages.clone()
     }

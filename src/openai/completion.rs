@@ -10,6 +10,9 @@ use serde_json::{Map, Value};
 /// routing details) could reveal what stands behind the virtual model.
 const CARRIED_FIELDS: &[&str] = &["system_fingerprint", "service_tier"];
 
+/// A reply's first buffer: room for a short answer and its envelope, so it is seldom regrown.
+const REPLY_BYTES: usize = 1024;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct FinalCompletion {
     pub id: String,
@@ -67,8 +70,12 @@ impl FinalCompletion {
             completion: self,
             trace: trace.as_ref(),
         };
+        let mut body = Vec::with_capacity(REPLY_BYTES);
         // A map of JSON values always serialises; an empty body would still be a reply.
-        serde_json::to_vec(&reply).unwrap_or_default()
+        match serde_json::to_writer(&mut body, &reply) {
+            Ok(()) => body,
+            Err(_) => Vec::new(),
+        }
     }
 }
 

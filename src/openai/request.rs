@@ -151,11 +151,27 @@ impl ChatRequest {
             base: &self.body,
             edits: &all,
         };
+        // Sized for the spliced messages and the client's other fields, so the buffer is not
+        // regrown and copied as it fills.
+        let raw: usize = all
+            .iter()
+            .map(|(_, edit)| match edit {
+                Edit::Raw(raw) => raw.get().len(),
+                _ => 0,
+            })
+            .sum();
+        let mut body = Vec::with_capacity(raw.saturating_add(SUB_CALL_FIELDS_BYTES));
         // Serialising a map of JSON values cannot fail; an empty body would be refused by the
         // upstream and reported as a failed call, never a panic.
-        serde_json::to_vec(&edited).unwrap_or_default()
+        match serde_json::to_writer(&mut body, &edited) {
+            Ok(()) => body,
+            Err(_) => Vec::new(),
+        }
     }
 }
+
+/// Room for a sub-call body's fields besides its messages (model, limits, sampling).
+const SUB_CALL_FIELDS_BYTES: usize = 512;
 
 /// One change applied while serialising a sub-call body.
 #[derive(Clone, Copy, Debug)]
