@@ -372,10 +372,11 @@ def latency_c1(ports, requests):
     difference of the p50s and p99s is given too)."""
     import http.client
 
+    affinity = os.sched_getaffinity(0)
+    conns = {name: http.client.HTTPConnection("127.0.0.1", ports[listener], timeout=10)
+             for name, listener, _ in LATENCY_ROUTES}
     os.sched_setaffinity(0, {int(LOAD_CORE)})
     try:
-        conns = {name: http.client.HTTPConnection("127.0.0.1", ports[listener], timeout=10)
-                 for name, listener, _ in LATENCY_ROUTES}
         bodies = {name: chat_body(model, 1) for name, _, model in LATENCY_ROUTES}
         headers = {"content-type": "application/json"}
 
@@ -401,7 +402,7 @@ def latency_c1(ports, requests):
                 samples[name].append(one(name))
             time.sleep(0.001)
     finally:
-        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        os.sched_setaffinity(0, affinity)
         for conn in conns.values():
             conn.close()
 

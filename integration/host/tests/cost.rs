@@ -20,6 +20,16 @@ fn body(model: &str, filler_words: usize) -> Vec<u8> {
         .unwrap()
 }
 
+fn configured_vm() -> Vm {
+    let mut vm = Vm::new(
+        Plugin::shared(),
+        VmOptions::default().with_cluster("simulator"),
+    )
+    .unwrap();
+    assert!(vm.configure(CONFIG));
+    vm
+}
+
 /// Fuel the plugin spends on a request for a model it does not serve, up to the moment it
 /// lets the request go.
 fn pass_through_fuel(vm: &mut Vm, filler_words: usize) -> (u64, usize) {
@@ -35,12 +45,7 @@ fn pass_through_fuel(vm: &mut Vm, filler_words: usize) -> (u64, usize) {
 
 #[test]
 fn a_pass_through_costs_a_few_instructions_a_byte() {
-    let mut vm = Vm::new(
-        Plugin::shared(),
-        VmOptions::default().with_cluster("simulator"),
-    )
-    .unwrap();
-    assert!(vm.configure(CONFIG));
+    let mut vm = configured_vm();
     pass_through_fuel(&mut vm, 10); // the first request sets up the VM's allocator
     let (small, small_size) = pass_through_fuel(&mut vm, 160);
     let (large, large_size) = pass_through_fuel(&mut vm, 16_000);
@@ -75,12 +80,7 @@ fn single_fuel(vm: &mut Vm, filler_words: usize) -> (u64, u64, usize) {
 
 #[test]
 fn a_single_request_reads_its_body_a_bounded_number_of_times() {
-    let mut vm = Vm::new(
-        Plugin::shared(),
-        VmOptions::default().with_cluster("simulator"),
-    )
-    .unwrap();
-    assert!(vm.configure(CONFIG));
+    let mut vm = configured_vm();
     single_fuel(&mut vm, 10);
     let (small, answer, small_size) = single_fuel(&mut vm, 160);
     let (large, _, large_size) = single_fuel(&mut vm, 1_600);
