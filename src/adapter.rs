@@ -381,6 +381,10 @@ impl HttpContext for Filter {
         let Some(exchange) = self.exchange.as_mut() else {
             return Action::Continue;
         };
+        if !exchange.forwards_final_call() {
+            // A pass-through's response: not even its headers are read.
+            return Action::Continue;
+        }
         let status = header(MapType::HttpResponseHeaders, ":status")
             .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
             .unwrap_or(0);

@@ -53,6 +53,11 @@ impl Contract {
         }
     }
 
+    /// Whether prompts get an instruction (see [`Contract::instruction`]).
+    pub fn has_instruction(&self) -> bool {
+        !matches!(self, Contract::Text)
+    }
+
     /// The instruction appended to prompts; `None` for free text.
     pub fn instruction(&self) -> Option<String> {
         match self {

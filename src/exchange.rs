@@ -378,7 +378,7 @@ impl Exchange {
 
     /// The whole body is here: parse, choose the virtual model, start the looper.
     fn start(&mut self, body: &[u8], now: Millis) -> Flow {
-        let request = match ChatRequest::parse(body) {
+        let mut request = match ChatRequest::parse(body) {
             Ok(r) => r,
             Err(err) => {
                 self.reply_error(&err);
@@ -446,6 +446,9 @@ impl Exchange {
             .push_back(Command::Count(metrics.global(Global::Requests)));
         self.commands
             .push_back(Command::Count(metrics.virtual_requests(virtual_index)));
+        if !recipe.contract.has_instruction() {
+            request.keep_messages_text(body);
+        }
         let request = Rc::new(request);
         let nonce = self.gateway.ids().nonce();
         let stream_final = config.stream_final_call && request.stream() && !self.trace_requested;
@@ -569,6 +572,12 @@ impl Exchange {
         self.commands
             .push_back(Command::Count(metrics.response_class(200)));
         ResponseHead::Stream { headers }
+    }
+
+    /// Whether the request went on as the recipe's final call, so its response headers go
+    /// through [`Exchange::on_response_headers`]; for any other request they need not be read.
+    pub fn forwards_final_call(&self) -> bool {
+        !self.replied && matches!(&self.state, State::Running(r) if r.stream.is_some())
     }
 
     /// Whether response bodies go through [`Exchange::on_response_body`] (a forwarded final

@@ -107,23 +107,29 @@ def bootstrap(plugin_port, plain_port, admin_port, sim_port):
     return boot
 
 
-def with_floor(boot, pause_port, dispatch_port):
-    """Adds two listeners whose wasm filter is the floor module: `pause` (hold the headers,
-    release with the body, the route answers) and `dispatch` (one `dispatch_http_call` and a
-    local reply, parsing nothing). Each has its own VM, as a separate plugin would."""
+FLOOR_MODES = ("pause", "dispatch", "forward", "forward_reply")
+
+
+def with_floor(boot, ports):
+    """Adds a listener per floor mode (`ports`: mode -> port) whose wasm filter is the floor
+    module: `pause` (hold the headers, release with the body, the route answers), `dispatch`
+    (one `dispatch_http_call` and a local reply, parsing nothing), `forward` (as `pause`, and
+    the route's answer is held, buffered and replaced with the same bytes) and
+    `forward_reply` (the buffered answer goes out as a local reply). Each has its own VM, as
+    a separate plugin would."""
     boot = json.loads(json.dumps(boot))
     listeners = boot["static_resources"]["listeners"]
     plugin = next(l for l in listeners if l["name"] == "plugin")
-    for mode, port in (("pause", pause_port), ("dispatch", dispatch_port)):
+    for mode, port in ports.items():
         floor = json.loads(json.dumps(plugin))
-        floor["name"] = f"floor-{mode}"
+        floor["name"] = f"floor-{mode.replace('_', '-')}"
         floor["address"]["socket_address"]["port_value"] = port
         hcm = floor["filter_chains"][0]["filters"][0]["typed_config"]
         hcm["stat_prefix"] = f"floor_{mode}"
         for f in hcm["http_filters"]:
             if f["name"] == "envoy.filters.http.wasm":
                 config = f["typed_config"]["config"]
-                config["name"] = config["root_id"] = config["vm_config"]["vm_id"] = f"floor-{mode}"
+                config["name"] = config["root_id"] = config["vm_config"]["vm_id"] = floor["name"]
                 config["vm_config"]["code"]["local"]["filename"] = str(FLOOR_WASM)
                 config["vm_config"].pop("environment_variables", None)
                 config["configuration"]["value"] = mode
@@ -134,7 +140,7 @@ def with_floor(boot, pause_port, dispatch_port):
 def floor_only(boot):
     """The plain listener and the floor's `pause` listener (for the idle memory of V8 with
     a module that does nothing)."""
-    boot = with_floor(boot, free_port(), free_port())
+    boot = with_floor(boot, {"pause": free_port()})
     listeners = boot["static_resources"]["listeners"]
     boot["static_resources"]["listeners"] = [
         l for l in listeners if l["name"] in ("plain", "floor-pause")]
@@ -359,6 +365,8 @@ LATENCY_ROUTES = [
     ("plain", "plain", "sim-a"),
     ("floor_pause", "floor-pause", "sim-a"),
     ("floor_dispatch", "floor-dispatch", "floor/dispatch"),
+    ("floor_forward", "floor-forward", "sim-a"),
+    ("floor_forward_reply", "floor-forward-reply", "sim-a"),
     ("plugin_pass_through", "plugin", "sim-a"),
     ("plugin_single", "plugin", "bench/single"),
 ]
@@ -531,16 +539,17 @@ def main():
                       "floor_wasm_bytes": FLOOR_WASM.stat().st_size}
             if not args.skip_memory:
                 result["idle"] = idle_and_start(boot, tmp)
-            floor_ports = free_port(), free_port()
-            envoy = Envoy(with_floor(boot, *floor_ports), tmp, "bench")
+            floor_ports = {mode: free_port() for mode in FLOOR_MODES}
+            envoy = Envoy(with_floor(boot, floor_ports), tmp, "bench")
             bench = Bench(envoy, tmp, ports[0], ports[1], args.seconds)
             # Warm both routes (V8 tiers up, connection pools fill).
             bench.window("plain", "sim-a", 1, 200, seconds=1)
             bench.window("plugin", "bench/remom-1x4", 1, 200, seconds=1)
             result["idle_envoy_cpu_ns_per_s"] = bench.idle_ns_per_s
             result["latency_c1"] = latency_c1(
-                {"plugin": ports[0], "plain": ports[1], "floor-pause": floor_ports[0],
-                 "floor-dispatch": floor_ports[1]}, args.latency_requests)
+                {"plugin": ports[0], "plain": ports[1],
+                 **{f"floor-{mode.replace('_', '-')}": port for mode, port in floor_ports.items()}},
+                args.latency_requests)
             cells = []
             for size in [] if args.skip_grid else sizes:
                 for recipe in recipes:

@@ -217,6 +217,7 @@ fn other_routes_pass_through() {
         assert_eq!(ex.on_request_body(10, b"", true, T0), Flow::Continue);
         let d = drain(&gw, &mut ex);
         assert!(d.reply.is_none() && d.calls.is_empty());
+        assert!(!ex.forwards_final_call(), "its response is not even read");
     }
 }
 
@@ -238,6 +239,7 @@ fn virtual_request_dispatches_and_replies() {
     assert_eq!(body["top_k"], 3);
     assert_eq!(*timeout, 60_000);
     assert!(d.counts.contains(&"looper.requests_total".to_string()));
+    assert!(!ex.forwards_final_call(), "the call was dispatched");
 
     ex.on_call_result(*call, upstream_ok("héllo", "length"), T0.plus(25));
     let d = drain(&gw, &mut ex);
@@ -902,6 +904,7 @@ fn the_synthesis_of_a_streaming_request_is_forwarded_and_its_stream_rewritten() 
         )
     );
 
+    assert!(ex.forwards_final_call());
     let ResponseHead::Stream { headers: set } = ex.on_response_headers(200, true, T0) else {
         panic!("not streamed");
     };
@@ -920,6 +923,7 @@ fn the_synthesis_of_a_streaming_request_is_forwarded_and_its_stream_rewritten() 
     assert!(text.contains("\"total_tokens\":23"), "{text}");
     assert!(text.ends_with("data: [DONE]\n\n"));
     assert!(ex.is_replied());
+    assert!(!ex.forwards_final_call());
     let d = drain(&gw, &mut ex);
     assert!(d
         .counts

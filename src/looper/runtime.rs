@@ -614,15 +614,19 @@ impl Runtime {
     fn instructed_messages(&mut self) -> Option<Rc<RawValue>> {
         if self.instructed_messages.is_none() {
             let messages = self.request.field("messages").unwrap_or(&Value::Null);
-            // Without an instruction the client's messages are serialised as they are, not
-            // copied first.
-            let raw = match self.recipe.contract.instruction() {
+            // Without an instruction the client's own text is spliced in, not serialised
+            // again.
+            self.instructed_messages = match self.recipe.contract.instruction() {
                 Some(instruction) => {
                     to_raw_value(&prompt::with_instruction(messages, Some(&instruction)))
+                        .ok()
+                        .map(Rc::from)
                 }
-                None => to_raw_value(messages),
+                None => self
+                    .request
+                    .messages_text()
+                    .or_else(|| to_raw_value(messages).ok().map(Rc::from)),
             };
-            self.instructed_messages = raw.ok().map(Rc::from);
         }
         self.instructed_messages.clone()
     }

@@ -4,9 +4,12 @@
 //! that object, never by re-serialising a typed struct.
 
 use super::error::ApiError;
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::fmt;
+use std::rc::Rc;
 
 /// Hard cap on `n`; OpenAI allows 128.
 pub const MAX_N: u64 = 128;
@@ -23,6 +26,9 @@ const ROLES: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
     body: Map<String, Value>,
+    /// `messages` as the client wrote them, spliced into sub-calls as they are: serialising
+    /// the parsed messages again costs more than the parse (every byte of text is escaped).
+    messages_text: Option<Rc<RawValue>>,
     /// Size of the client's body in bytes (for token estimates).
     body_len: usize,
     model: String,
@@ -100,6 +106,7 @@ impl ChatRequest {
         };
         Ok(ChatRequest {
             body,
+            messages_text: None,
             body_len: bytes.len(),
             model,
             stream,
@@ -131,6 +138,23 @@ impl ChatRequest {
 
     pub fn field(&self, key: &str) -> Option<&Value> {
         self.body.get(key)
+    }
+
+    /// Keeps the text of `messages` from `bytes`, the body this request was parsed from, for
+    /// a recipe whose sub-calls carry the client's messages unchanged. Skimming the body for it
+    /// costs about half of serialising the parsed messages again.
+    pub fn keep_messages_text(&mut self, bytes: &[u8]) {
+        self.messages_text = serde_json::from_slice::<MessagesText>(bytes)
+            .ok()
+            .and_then(|text| text.0)
+            .map(|raw| Rc::from(raw.to_owned()));
+    }
+
+    /// The client's `messages` as JSON text, exactly as sent, once kept (`None` if the body
+    /// named them more than once: the parsed body keeps the last, as every upstream parser
+    /// would).
+    pub fn messages_text(&self) -> Option<Rc<RawValue>> {
+        self.messages_text.clone()
     }
 
     /// The body of a sub-call to `upstream_model`: the client's JSON with `model` replaced,
@@ -167,6 +191,59 @@ impl ChatRequest {
             Ok(()) => body,
             Err(_) => Vec::new(),
         }
+    }
+}
+
+/// The text of a body's `messages`, read without building anything: other values are
+/// skipped, and a second `messages` key makes it `None`.
+struct MessagesText<'a>(Option<&'a RawValue>);
+
+impl<'de> Deserialize<'de> for MessagesText<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = MessagesText<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut text = None;
+                let mut times = 0u32;
+                while let Some(IsMessages(is_messages)) = map.next_key()? {
+                    if is_messages {
+                        text = Some(map.next_value::<&'de RawValue>()?);
+                        times += 1;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(MessagesText(if times == 1 { text } else { None }))
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
+}
+
+/// Whether an object key is `messages`, compared without allocating it.
+struct IsMessages(bool);
+
+impl<'de> Deserialize<'de> for IsMessages {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Key;
+        impl Visitor<'_> for Key {
+            type Value = IsMessages;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<IsMessages, E> {
+                Ok(IsMessages(key == "messages"))
+            }
+        }
+        deserializer.deserialize_str(Key)
     }
 }
 
@@ -405,6 +482,35 @@ mod tests {
         assert_eq!(body["messages"][0]["content"], "x", "a key the client sent");
         assert_eq!(body["extra"]["a"], 1, "a key the client did not send");
         assert!(String::from_utf8(bytes).unwrap().contains(messages.get()));
+    }
+
+    #[test]
+    fn messages_text_is_the_clients_own_text() {
+        let text = r#"[ {"role":"user", "content":"caf\u00e9 \"quoted\"\n"} ]"#;
+        let body = format!(r#"{{"messages": {text}, "model": "v", "tools": [{{"messages": 1}}]}}"#);
+        let mut r = ChatRequest::parse(body.as_bytes()).unwrap();
+        assert!(r.messages_text().is_none(), "kept only when asked");
+        r.keep_messages_text(body.as_bytes());
+        assert_eq!(r.messages_text().unwrap().get(), text);
+        let parsed: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(r.field("messages"), Some(&parsed));
+    }
+
+    #[test]
+    fn messages_named_twice_have_no_text() {
+        // The parsed body keeps the last value; a text of the first would disagree with it.
+        let body = br#"{"model": "v", "messages": [{"role": "user", "content": "a"}],
+            "messages": [{"role": "user", "content": "b"}]}"#;
+        let mut r = ChatRequest::parse(body).unwrap();
+        r.keep_messages_text(body);
+        assert!(r.messages_text().is_none());
+        assert_eq!(r.field("messages").unwrap()[0]["content"], "b");
+        // An escaped key is the same key.
+        let body = br#"{"model": "v", "messages": [{"role": "user", "content": "a"}],
+            "m\u0065ssages": [{"role": "user", "content": "b"}]}"#;
+        let mut r = ChatRequest::parse(body).unwrap();
+        r.keep_messages_text(body);
+        assert!(r.messages_text().is_none());
     }
 
     #[test]

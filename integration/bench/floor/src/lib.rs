@@ -5,19 +5,31 @@
 //!   filter that reads the body must do), then let the route answer;
 //! - `dispatch`: in addition, send the body unchanged to the `simulator` cluster with one
 //!   `dispatch_http_call` (its `model` renamed from `floor/dispatch` to `sim-a`) and answer with
-//!   the response as a local reply (the shape of Looper's `single`), parsing nothing.
+//!   the response as a local reply (the shape of Looper's `single`), parsing nothing;
+//! - `forward`: as `pause`, then hold the route's response headers, buffer its body, and
+//!   replace a header and the whole body (with the same bytes) before letting it go: the
+//!   shape of a `single` whose one call goes through the router and whose answer is rewritten;
+//! - `forward_reply`: as `forward`, but the buffered answer goes out as a local reply.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType};
+use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
 use std::time::Duration;
 
 proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { dispatch: false }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { mode: Mode::Pause }) });
 }}
 
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Pause,
+    Dispatch,
+    Forward,
+    ForwardReply,
+}
+
 struct Root {
-    dispatch: bool,
+    mode: Mode,
 }
 
 impl Context for Root {}
@@ -28,7 +40,12 @@ impl RootContext for Root {
             .ok()
             .flatten()
             .unwrap_or_default();
-        self.dispatch = config.trim_ascii() == b"dispatch";
+        self.mode = match config.trim_ascii() {
+            b"dispatch" => Mode::Dispatch,
+            b"forward" => Mode::Forward,
+            b"forward_reply" => Mode::ForwardReply,
+            _ => Mode::Pause,
+        };
         true
     }
 
@@ -37,14 +54,12 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Floor {
-            dispatch: self.dispatch,
-        }))
+        Some(Box::new(Floor { mode: self.mode }))
     }
 }
 
 struct Floor {
-    dispatch: bool,
+    mode: Mode,
 }
 
 impl Context for Floor {
@@ -77,7 +92,7 @@ impl HttpContext for Floor {
         if !end_of_stream {
             return Action::Pause;
         }
-        if !self.dispatch {
+        if self.mode != Mode::Dispatch {
             return Action::Continue;
         }
         let mut body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
@@ -99,6 +114,40 @@ impl HttpContext for Floor {
                 Action::Pause
             }
         }
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        if end_of_stream || !matches!(self.mode, Mode::Forward | Mode::ForwardReply) {
+            return Action::Continue;
+        }
+        let _ =
+            hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, "content-length", None);
+        Action::Pause
+    }
+
+    fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if !matches!(self.mode, Mode::Forward | Mode::ForwardReply) {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if self.mode == Mode::ForwardReply {
+            let headers = vec![("content-type", "application/json")];
+            let _ = hostcalls::send_http_response(200, headers, Some(&body));
+            return Action::Pause;
+        }
+        let _ = hostcalls::set_map_value_bytes(
+            MapType::HttpResponseHeaders,
+            "x-floor",
+            Some(b"forward"),
+        );
+        let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, &body);
+        Action::Continue
     }
 }
 
