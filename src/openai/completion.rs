@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 /// Top-level fields of an upstream reply that are carried over. The rest (`id`, `model`,
 /// `usage`...) belong to the gateway, and provider extensions (vLLM's `kv_transfer_params`,
 /// routing details) could reveal what stands behind the virtual model.
-const CARRIED_FIELDS: &[&str] = &["system_fingerprint", "service_tier"];
+pub(crate) const CARRIED_FIELDS: &[&str] = &["system_fingerprint", "service_tier"];
 
 /// A reply's first buffer: room for a short answer and its envelope, so it is seldom regrown.
 const REPLY_BYTES: usize = 1024;

@@ -1,13 +1,18 @@
 //! Reading what an upstream model sent back. Upstream bodies are untrusted: anything that is
 //! not a well-formed chat completion is an invalid response (the call failed), never a panic.
 
+use super::completion::CARRIED_FIELDS;
 use super::usage::Usage;
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
+use std::fmt;
 
 /// A well-formed upstream `chat.completion`, kept as JSON so a `single` recipe can return the
 /// upstream's choices (tool calls, logprobs, refusals) exactly as sent.
 #[derive(Clone, Debug, PartialEq)]
 pub struct UpstreamCompletion {
+    /// The fields the gateway reads or carries over (`choices`, `usage`, [`CARRIED_FIELDS`]);
+    /// the others (`id`, `model`, provider extensions) are skipped while parsing, not built.
     pub body: Map<String, Value>,
     pub usage: Option<Usage>,
 }
@@ -44,8 +49,14 @@ impl UpstreamCompletion {
 
 /// Parses a 2xx body into a completion.
 pub fn parse_completion(bytes: &[u8]) -> Result<UpstreamCompletion, InvalidResponse> {
-    let value: Value = match serde_json::from_slice(bytes) {
-        Ok(v) => v,
+    let body = match serde_json::from_slice::<KeptFields>(bytes) {
+        Ok(KeptFields(body)) => body,
+        Err(err) if err.is_data() => {
+            return Err(InvalidResponse {
+                reason: "body is not a JSON object",
+                usage: None,
+            });
+        }
         Err(_) => {
             // A body that is JSON but for invalid UTF-8 bytes in a string still reports the
             // tokens the upstream billed; the answer itself is not used.
@@ -59,12 +70,6 @@ pub fn parse_completion(bytes: &[u8]) -> Result<UpstreamCompletion, InvalidRespo
                 usage: usage_in(bytes),
             });
         }
-    };
-    let Value::Object(body) = value else {
-        return Err(InvalidResponse {
-            reason: "body is not a JSON object",
-            usage: None,
-        });
     };
     let usage = body.get("usage").and_then(Usage::from_json);
     let invalid = |reason| Err(InvalidResponse { reason, usage });
@@ -92,6 +97,65 @@ pub fn parse_completion(bytes: &[u8]) -> Result<UpstreamCompletion, InvalidRespo
         }
     }
     Ok(UpstreamCompletion { body, usage })
+}
+
+/// The top-level object of an upstream answer with only the fields the gateway uses; the
+/// others are checked to be JSON but not built. A key sent twice keeps its last value, as a
+/// parse into [`Value`] would.
+struct KeptFields(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for KeptFields {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = KeptFields;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeptFields, A::Error> {
+                let mut kept = Map::new();
+                while let Some(Key(key)) = map.next_key()? {
+                    match key {
+                        Some(key) => {
+                            kept.insert(key.to_string(), map.next_value::<Value>()?);
+                        }
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(KeptFields(kept))
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
+}
+
+/// A top-level key, named when the gateway keeps its value (compared without allocating).
+struct Key(Option<&'static str>);
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl Visitor<'_> for Name {
+            type Value = Key;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Key, E> {
+                let kept = ["choices", "usage"]
+                    .into_iter()
+                    .chain(CARRIED_FIELDS.iter().copied())
+                    .find(|name| *name == key);
+                Ok(Key(kept))
+            }
+        }
+        deserializer.deserialize_str(Name)
+    }
 }
 
 /// The usage reported in any JSON body (error replies of some providers include it).
@@ -189,6 +253,37 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(&bytes)
             );
+        }
+    }
+
+    #[test]
+    fn only_the_fields_the_gateway_uses_are_kept() {
+        let body = json!({"id": "up-1", "object": "chat.completion", "model": "secret-model",
+            "kv_transfer_params": {"a": [1, 2]}, "system_fingerprint": "fp", "service_tier": null,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 2}});
+        let c = parse_completion(body.to_string().as_bytes()).unwrap();
+        let mut keys: Vec<&str> = c.body.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["choices", "service_tier", "system_fingerprint", "usage"]
+        );
+        assert_eq!(c.content(), Some("hi"));
+        assert_eq!(c.usage.unwrap().total_tokens, 3);
+    }
+
+    #[test]
+    fn a_key_sent_twice_keeps_its_last_value_and_skipped_values_must_be_json() {
+        let body = br#"{"choices": [], "choices": [{"message": {"content": "second"}}],
+            "ch\u006fices": [{"message": {"content": "third"}}]}"#;
+        assert_eq!(parse_completion(body).unwrap().content(), Some("third"));
+        let err = parse_completion(br#"{"id": nope, "choices": []}"#).unwrap_err();
+        assert_eq!(err.reason, "body is not valid JSON");
+        for not_object in [&b"[1, 2]"[..], b"\"text\"", b"3"] {
+            let err = parse_completion(not_object).unwrap_err();
+            assert_eq!(err.reason, "body is not a JSON object");
         }
     }
 
