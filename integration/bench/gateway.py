@@ -107,7 +107,7 @@ def bootstrap(plugin_port, plain_port, admin_port, sim_port):
     return boot
 
 
-FLOOR_MODES = ("pause", "dispatch", "forward", "forward_reply")
+FLOOR_MODES = ("pause", "dispatch", "forward", "forward_reply", "metrics", "reads", "absent")
 
 
 def with_floor(boot, ports):
@@ -115,8 +115,9 @@ def with_floor(boot, ports):
     module: `pause` (hold the headers, release with the body, the route answers), `dispatch`
     (one `dispatch_http_call` and a local reply, parsing nothing), `forward` (as `pause`, and
     the route's answer is held, buffered and replaced with the same bytes) and
-    `forward_reply` (the buffered answer goes out as a local reply). Each has its own VM, as
-    a separate plugin would."""
+    `forward_reply` (the buffered answer goes out as a local reply); `metrics`, `reads` and
+    `absent` are `pause` with 20 host calls a request. Each has its own VM, as a separate
+    plugin would."""
     boot = json.loads(json.dumps(boot))
     listeners = boot["static_resources"]["listeners"]
     plugin = next(l for l in listeners if l["name"] == "plugin")
@@ -367,6 +368,11 @@ LATENCY_ROUTES = [
     ("floor_dispatch", "floor-dispatch", "floor/dispatch"),
     ("floor_forward", "floor-forward", "sim-a"),
     ("floor_forward_reply", "floor-forward-reply", "sim-a"),
+    # The floor's `pause` with 20 host calls a request: increment_metric, reads of a header
+    # that is there (handed back through the module's allocator), reads of one that is not.
+    ("floor_metrics", "floor-metrics", "sim-a"),
+    ("floor_reads", "floor-reads", "sim-a"),
+    ("floor_absent", "floor-absent", "sim-a"),
     ("plugin_pass_through", "plugin", "sim-a"),
     ("plugin_single", "plugin", "bench/single"),
 ]

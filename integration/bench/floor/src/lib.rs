@@ -9,15 +9,18 @@
 //! - `forward`: as `pause`, then hold the route's response headers, buffer its body, and
 //!   replace a header and the whole body (with the same bytes) before letting it go: the
 //!   shape of a `single` whose one call goes through the router and whose answer is rewritten;
-//! - `forward_reply`: as `forward`, but the buffered answer goes out as a local reply.
+//! - `forward_reply`: as `forward`, but the buffered answer goes out as a local reply;
+//! - `metrics`, `reads`, `absent`: as `pause`, with 20 host calls at the request headers
+//!   (`increment_metric`; reads of `:path`, which the host hands back through the module's
+//!   allocator; reads of a header that is not there), to price a host call.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, MapType, MetricType};
 use std::time::Duration;
 
 proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { mode: Mode::Pause }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { mode: Mode::Pause, counter: None }) });
 }}
 
 #[derive(Clone, Copy, PartialEq)]
@@ -26,11 +29,18 @@ enum Mode {
     Dispatch,
     Forward,
     ForwardReply,
+    Metrics,
+    Reads,
+    Absent,
 }
 
 struct Root {
     mode: Mode,
+    counter: Option<u32>,
 }
+
+/// Host calls a request makes in the `metrics`, `reads` and `absent` modes.
+const HOST_CALLS: usize = 20;
 
 impl Context for Root {}
 
@@ -44,8 +54,12 @@ impl RootContext for Root {
             b"dispatch" => Mode::Dispatch,
             b"forward" => Mode::Forward,
             b"forward_reply" => Mode::ForwardReply,
+            b"metrics" => Mode::Metrics,
+            b"reads" => Mode::Reads,
+            b"absent" => Mode::Absent,
             _ => Mode::Pause,
         };
+        self.counter = hostcalls::define_metric(MetricType::Counter, "floor_calls").ok();
         true
     }
 
@@ -54,12 +68,16 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Floor { mode: self.mode }))
+        Some(Box::new(Floor {
+            mode: self.mode,
+            counter: self.counter,
+        }))
     }
 }
 
 struct Floor {
     mode: Mode,
+    counter: Option<u32>,
 }
 
 impl Context for Floor {
@@ -81,6 +99,20 @@ impl Context for Floor {
 
 impl HttpContext for Floor {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        for _ in 0..HOST_CALLS {
+            match (self.mode, self.counter) {
+                (Mode::Metrics, Some(id)) => {
+                    let _ = hostcalls::increment_metric(id, 1);
+                }
+                (Mode::Reads, _) => {
+                    let _ = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path");
+                }
+                (Mode::Absent, _) => {
+                    let _ = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-absent");
+                }
+                _ => break,
+            }
+        }
         if end_of_stream {
             Action::Continue
         } else {
