@@ -593,6 +593,28 @@ mod tests {
     }
 
     #[test]
+    fn has_instruction_agrees_with_instruction() {
+        let contracts = [
+            choice(),
+            Contract::Exact,
+            Contract::Code { language: None },
+            Contract::Code {
+                language: Some("rust".into()),
+            },
+            Contract::Json {
+                required_keys: Vec::new(),
+            },
+            Contract::Json {
+                required_keys: vec!["a".into()],
+            },
+            Contract::Text,
+        ];
+        for contract in contracts {
+            assert_eq!(contract.has_instruction(), contract.instruction().is_some());
+        }
+    }
+
+    #[test]
     fn choice_answers_in_every_usual_form() {
         let c = choice();
         let cases = [

@@ -222,6 +222,36 @@ fn other_routes_pass_through() {
 }
 
 #[test]
+fn a_recipe_without_instruction_sends_the_clients_own_messages_text() {
+    // The `single` recipe adds no instruction: the messages go upstream as the client wrote
+    // them (escapes, spacing and all), not serialised again from the parsed body.
+    let gw = gateway();
+    let messages = r#"[ {"role": "user", "content": "caf\u00e9 \"x\""} ]"#;
+    let body = format!(r#"{{"messages": {messages}, "model": "vllm-sr/auto", "top_k": 3}}"#);
+    let mut ex = gw.exchange(T0);
+    assert_eq!(
+        ex.on_request_headers(head("POST", "/v1/chat/completions"), false, T0),
+        Flow::Pause
+    );
+    ex.on_request_body(body.len(), body.as_bytes(), true, T0);
+    let sent = std::iter::from_fn(|| ex.poll_command())
+        .find_map(|command| match command {
+            Command::HttpCall { body, .. } => Some(body),
+            _ => None,
+        })
+        .unwrap();
+    let sent = String::from_utf8(sent).unwrap();
+    assert!(
+        sent.contains(&format!(r#""messages":{messages}"#)),
+        "{sent}"
+    );
+    let sent: Value = serde_json::from_str(&sent).unwrap();
+    assert_eq!(sent["messages"][0]["content"], "café \"x\"");
+    assert_eq!(sent["model"], "sim-medium");
+    assert_eq!(sent["top_k"], 3);
+}
+
+#[test]
 fn virtual_request_dispatches_and_replies() {
     let gw = gateway();
     let (mut ex, flow, d) = post(&gw, &chat("vllm-sr/auto", json!({"top_k": 3})), false);
@@ -938,6 +968,7 @@ fn a_forwarded_synthesis_that_fails_before_any_byte_falls_back_to_the_vote() {
     let gw = streaming_gateway(true);
     let (mut ex, d) = remom_until_synthesis(&gw, false);
     assert!(d.forwarded.is_some());
+    assert!(ex.forwards_final_call(), "its response headers are read");
     assert_eq!(
         ex.on_response_headers(503, false, T0),
         ResponseHead::Replaced
@@ -959,6 +990,7 @@ fn a_forwarded_synthesis_that_fails_before_any_byte_falls_back_to_the_vote() {
 fn a_forwarded_synthesis_answering_200_without_an_event_stream_falls_back_too() {
     let gw = streaming_gateway(true);
     let (mut ex, _) = remom_until_synthesis(&gw, false);
+    assert!(ex.forwards_final_call());
     assert_eq!(
         ex.on_response_headers(200, false, T0),
         ResponseHead::Replaced

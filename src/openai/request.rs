@@ -152,7 +152,9 @@ impl ChatRequest {
 
     /// The client's `messages` as JSON text, exactly as sent, once kept (`None` if the body
     /// named them more than once: the parsed body keeps the last, as every upstream parser
-    /// would).
+    /// would). A key repeated inside a message goes upstream as the client wrote it, as it
+    /// does for a request that passes through, while the gateway's own reading (validation,
+    /// routing, its own prompts) sees the last value.
     pub fn messages_text(&self) -> Option<Rc<RawValue>> {
         self.messages_text.clone()
     }
@@ -494,6 +496,13 @@ mod tests {
         assert_eq!(r.messages_text().unwrap().get(), text);
         let parsed: Value = serde_json::from_str(text).unwrap();
         assert_eq!(r.field("messages"), Some(&parsed));
+        // A key repeated inside a message is kept as written; the parsed body has the last.
+        let text = r#"[{"role": "user", "content": "a", "content": "b"}]"#;
+        let body = format!(r#"{{"model": "v", "messages": {text}}}"#);
+        let mut r = ChatRequest::parse(body.as_bytes()).unwrap();
+        r.keep_messages_text(body.as_bytes());
+        assert_eq!(r.messages_text().unwrap().get(), text);
+        assert_eq!(r.field("messages").unwrap()[0]["content"], "b");
     }
 
     #[test]

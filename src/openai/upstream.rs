@@ -12,7 +12,8 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq)]
 pub struct UpstreamCompletion {
     /// The fields the gateway reads or carries over (`choices`, `usage`, [`CARRIED_FIELDS`]);
-    /// the others (`id`, `model`, provider extensions) are skipped while parsing, not built.
+    /// the others (`id`, `model`, provider extensions) are skipped while parsing, not built
+    /// (only their syntax is checked: a skipped string is not checked to be UTF-8).
     pub body: Map<String, Value>,
     pub usage: Option<Usage>,
 }
@@ -100,7 +101,8 @@ pub fn parse_completion(bytes: &[u8]) -> Result<UpstreamCompletion, InvalidRespo
 }
 
 /// The top-level object of an upstream answer with only the fields the gateway uses; the
-/// others are checked to be JSON but not built. A key sent twice keeps its last value, as a
+/// others must be well-formed JSON but are not built, nor their strings checked for UTF-8
+/// (nothing of them reaches the client). A key sent twice keeps its last value, as a
 /// parse into [`Value`] would.
 struct KeptFields(Map<String, Value>);
 
@@ -281,6 +283,9 @@ mod tests {
         assert_eq!(parse_completion(body).unwrap().content(), Some("third"));
         let err = parse_completion(br#"{"id": nope, "choices": []}"#).unwrap_err();
         assert_eq!(err.reason, "body is not valid JSON");
+        // Invalid UTF-8 in a skipped field does not fail the call: nothing of it is used.
+        let body = b"{\"id\": \"\xff\", \"choices\": [{\"message\": {\"content\": \"ok\"}}]}";
+        assert_eq!(parse_completion(body).unwrap().content(), Some("ok"));
         for not_object in [&b"[1, 2]"[..], b"\"text\"", b"3"] {
             let err = parse_completion(not_object).unwrap_err();
             assert_eq!(err.reason, "body is not a JSON object");
