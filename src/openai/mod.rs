@@ -3,6 +3,7 @@
 pub mod completion;
 pub mod error;
 pub mod models;
+mod object_key;
 pub mod request;
 pub mod sse;
 pub mod stream_rewrite;

@@ -4,6 +4,7 @@
 //! that object, never by re-serialising a typed struct.
 
 use super::error::ApiError;
+use super::object_key::KeyAmong;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::value::RawValue;
@@ -213,8 +214,8 @@ impl<'de> Deserialize<'de> for MessagesText<'de> {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut text = None;
                 let mut times = 0u32;
-                while let Some(IsMessages(is_messages)) = map.next_key()? {
-                    if is_messages {
+                while let Some(key) = map.next_key_seed(KeyAmong(&["messages"]))? {
+                    if key.is_some() {
                         text = Some(map.next_value::<&'de RawValue>()?);
                         times += 1;
                     } else {
@@ -225,27 +226,6 @@ impl<'de> Deserialize<'de> for MessagesText<'de> {
             }
         }
         deserializer.deserialize_map(Fields)
-    }
-}
-
-/// Whether an object key is `messages`, compared without allocating it.
-struct IsMessages(bool);
-
-impl<'de> Deserialize<'de> for IsMessages {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Key;
-        impl Visitor<'_> for Key {
-            type Value = IsMessages;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object key")
-            }
-
-            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<IsMessages, E> {
-                Ok(IsMessages(key == "messages"))
-            }
-        }
-        deserializer.deserialize_str(Key)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Reading what an upstream model sent back. Upstream bodies are untrusted: anything that is
 //! not a well-formed chat completion is an invalid response (the call failed), never a panic.
 
-use super::completion::CARRIED_FIELDS;
+use super::object_key::KeyAmong;
 use super::usage::Usage;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
@@ -11,7 +11,7 @@ use std::fmt;
 /// upstream's choices (tool calls, logprobs, refusals) exactly as sent.
 #[derive(Clone, Debug, PartialEq)]
 pub struct UpstreamCompletion {
-    /// The fields the gateway reads or carries over (`choices`, `usage`, [`CARRIED_FIELDS`]);
+    /// The fields the gateway reads or carries over ([`KEPT_FIELDS`]);
     /// the others (`id`, `model`, provider extensions) are skipped while parsing, not built
     /// (only their syntax is checked: a skipped string is not checked to be UTF-8).
     pub body: Map<String, Value>,
@@ -100,6 +100,10 @@ pub fn parse_completion(bytes: &[u8]) -> Result<UpstreamCompletion, InvalidRespo
     Ok(UpstreamCompletion { body, usage })
 }
 
+/// The top-level fields of an answer the gateway reads or carries over (every one of
+/// [`CARRIED_FIELDS`](super::completion::CARRIED_FIELDS) among them).
+const KEPT_FIELDS: &[&str] = &["choices", "usage", "system_fingerprint", "service_tier"];
+
 /// The top-level object of an upstream answer with only the fields the gateway uses; the
 /// others must be well-formed JSON but are not built, nor their strings checked for UTF-8
 /// (nothing of them reaches the client). A key sent twice keeps its last value, as a
@@ -118,7 +122,7 @@ impl<'de> Deserialize<'de> for KeptFields {
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeptFields, A::Error> {
                 let mut kept = Map::new();
-                while let Some(Key(key)) = map.next_key()? {
+                while let Some(key) = map.next_key_seed(KeyAmong(KEPT_FIELDS))? {
                     match key {
                         Some(key) => {
                             kept.insert(key.to_string(), map.next_value::<Value>()?);
@@ -132,31 +136,6 @@ impl<'de> Deserialize<'de> for KeptFields {
             }
         }
         deserializer.deserialize_map(Fields)
-    }
-}
-
-/// A top-level key, named when the gateway keeps its value (compared without allocating).
-struct Key(Option<&'static str>);
-
-impl<'de> Deserialize<'de> for Key {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Name;
-        impl Visitor<'_> for Name {
-            type Value = Key;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object key")
-            }
-
-            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Key, E> {
-                let kept = ["choices", "usage"]
-                    .into_iter()
-                    .chain(CARRIED_FIELDS.iter().copied())
-                    .find(|name| *name == key);
-                Ok(Key(kept))
-            }
-        }
-        deserializer.deserialize_str(Name)
     }
 }
 
@@ -274,6 +253,13 @@ mod tests {
         );
         assert_eq!(c.content(), Some("hi"));
         assert_eq!(c.usage.unwrap().total_tokens, 3);
+    }
+
+    #[test]
+    fn every_carried_field_is_kept() {
+        for field in crate::openai::completion::CARRIED_FIELDS {
+            assert!(KEPT_FIELDS.contains(field), "{field}");
+        }
     }
 
     #[test]
