@@ -444,7 +444,7 @@ fn automix_score(completion: &UpstreamCompletion) -> Option<f64> {
     let verdicts: Vec<bool> = completion
         .choices()
         .iter()
-        .filter_map(|c| c.get("message")?.get("content")?.as_str())
+        .filter_map(|c| c.content.as_deref())
         .filter_map(parse_verdict)
         .collect();
     if verdicts.is_empty() {
@@ -465,7 +465,8 @@ fn token_logprobs(completion: &UpstreamCompletion) -> Option<Vec<TokenLogprob>> 
     let content = completion
         .choices()
         .first()?
-        .get("logprobs")?
+        .logprobs
+        .as_ref()?
         .get("content")?
         .as_array()?;
     let tokens: Vec<TokenLogprob> = content

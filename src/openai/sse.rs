@@ -160,12 +160,13 @@ impl ChunkWriter<'_> {
 /// then the usage chunk when asked; then `data: [DONE]`. A trace rides on a last chunk with
 /// no choices, which clients treat like the usage chunk.
 pub fn encode(completion: &FinalCompletion, include_usage: bool, trace: Option<Value>) -> Vec<u8> {
+    let choices = completion.choices();
     let mut writer = ChunkWriter {
         completion,
         include_usage,
-        out: Vec::with_capacity(256 + completion.choices.len() * 512),
+        out: Vec::with_capacity(256 + choices.len() * 512),
     };
-    for (position, choice) in completion.choices.iter().enumerate() {
+    for (position, choice) in choices.iter().enumerate() {
         writer.choice(position, choice);
     }
     if include_usage || trace.is_some() {
@@ -189,19 +190,19 @@ mod tests {
     use crate::openai::usage::Usage;
 
     fn completion(choices: Vec<Value>) -> FinalCompletion {
-        FinalCompletion {
-            id: "chatcmpl-1".into(),
-            created: 5,
-            model: "vllm-sr/auto".into(),
+        FinalCompletion::new(
+            "chatcmpl-1".into(),
+            5,
+            "vllm-sr/auto".into(),
             choices,
-            usage: Usage {
+            Usage {
                 prompt_tokens: 2,
                 completion_tokens: 3,
                 total_tokens: 5,
                 ..Usage::default()
             },
-            extra: Map::new(),
-        }
+            Map::new(),
+        )
     }
 
     fn events(body: &[u8]) -> Vec<String> {

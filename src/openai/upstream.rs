@@ -1,21 +1,43 @@
 //! Reading what an upstream model sent back. Upstream bodies are untrusted: anything that is
 //! not a well-formed chat completion is an invalid response (the call failed), never a panic.
 
+use super::completion::CARRIED_FIELDS;
 use super::object_key::KeyAmong;
 use super::usage::Usage;
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde_json::{Map, Value};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::Value;
 use std::fmt;
 
-/// A well-formed upstream `chat.completion`, kept as JSON so a `single` recipe can return the
-/// upstream's choices (tool calls, logprobs, refusals) exactly as sent.
-#[derive(Clone, Debug, PartialEq)]
+/// A well-formed upstream `chat.completion`. Its `choices` are kept as the upstream wrote
+/// them, so a recipe that returns them (tool calls, logprobs, refusals) sends them on without
+/// building and serialising them again; what the gateway reads of each choice is parsed
+/// beside them.
+#[derive(Clone, Debug)]
 pub struct UpstreamCompletion {
-    /// The fields the gateway reads or carries over ([`KEPT_FIELDS`]);
-    /// the others (`id`, `model`, provider extensions) are skipped while parsing, not built
-    /// (only their syntax is checked: a skipped string is not checked to be UTF-8).
-    pub body: Map<String, Value>,
+    choices_text: Box<RawValue>,
+    choices: Vec<Choice>,
+    /// The [`CARRIED_FIELDS`](super::completion::CARRIED_FIELDS) the upstream set (not null).
+    pub carried: Vec<(&'static str, Value)>,
     pub usage: Option<Usage>,
+}
+
+impl PartialEq for UpstreamCompletion {
+    fn eq(&self, other: &Self) -> bool {
+        self.choices_text.get() == other.choices_text.get()
+            && self.carried == other.carried
+            && self.usage == other.usage
+    }
+}
+
+/// What the gateway reads of one choice.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Choice {
+    /// `message.content`, when it is text.
+    pub content: Option<String>,
+    pub finish_reason: Option<String>,
+    /// `logprobs`, unless absent or null.
+    pub logprobs: Option<Value>,
 }
 
 /// Why an upstream 2xx body could not be used; the usage it reported still counts.
@@ -26,32 +48,29 @@ pub struct InvalidResponse {
 }
 
 impl UpstreamCompletion {
-    pub fn choices(&self) -> &[Value] {
-        self.body
-            .get("choices")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+    pub fn choices(&self) -> &[Choice] {
+        &self.choices
+    }
+
+    /// The `choices` array exactly as the upstream sent it.
+    pub fn choices_text(&self) -> &RawValue {
+        &self.choices_text
     }
 
     /// The text of the first choice, when it is a string.
     pub fn content(&self) -> Option<&str> {
-        self.choices()
-            .first()?
-            .get("message")?
-            .get("content")?
-            .as_str()
+        self.choices.first()?.content.as_deref()
     }
 
     pub fn finish_reason(&self) -> Option<&str> {
-        self.choices().first()?.get("finish_reason")?.as_str()
+        self.choices.first()?.finish_reason.as_deref()
     }
 }
 
 /// Parses a 2xx body into a completion.
 pub fn parse_completion(bytes: &[u8]) -> Result<UpstreamCompletion, InvalidResponse> {
-    let body = match serde_json::from_slice::<KeptFields>(bytes) {
-        Ok(KeptFields(body)) => body,
+    let top = match serde_json::from_slice::<KeptFields>(bytes) {
+        Ok(top) => top,
         Err(err) if err.is_data() => {
             return Err(InvalidResponse {
                 reason: "body is not a JSON object",
@@ -72,32 +91,54 @@ pub fn parse_completion(bytes: &[u8]) -> Result<UpstreamCompletion, InvalidRespo
             });
         }
     };
-    let usage = body.get("usage").and_then(Usage::from_json);
+    let usage = top.usage.as_ref().and_then(Usage::from_json);
     let invalid = |reason| Err(InvalidResponse { reason, usage });
-    let Some(Value::Array(choices)) = body.get("choices") else {
+    let Some(choices_text) = top.choices else {
+        return invalid("`choices` is missing");
+    };
+    // The text is JSON already checked by the first pass; this pass builds only what the
+    // gateway reads.
+    let Ok(Shape::Array(choices)) =
+        serde_json::from_str::<Shape<Vec<ChoiceShape>>>(choices_text.get())
+    else {
         return invalid("`choices` is missing");
     };
     if choices.is_empty() {
         return invalid("`choices` is empty");
     }
+    let mut read = Vec::with_capacity(choices.len());
     for choice in choices {
-        let Some(message) = choice.get("message").and_then(Value::as_object) else {
+        let ChoiceShape::Object {
+            message,
+            finish_reason,
+            logprobs,
+        } = choice
+        else {
             return invalid("a choice has no `message` object");
         };
-        if !matches!(
-            message.get("content"),
-            None | Some(Value::Null) | Some(Value::String(_)) | Some(Value::Array(_))
-        ) {
-            return invalid("a message `content` is neither text nor null");
-        }
-        if !matches!(
-            choice.get("finish_reason"),
-            None | Some(Value::Null) | Some(Value::String(_))
-        ) {
-            return invalid("a `finish_reason` is not a string");
-        }
+        let content = match message {
+            Shape::Object(Shape::Text(text)) => Some(text),
+            Shape::Object(Shape::Missing | Shape::Null | Shape::Array(())) => None,
+            Shape::Object(_) => return invalid("a message `content` is neither text nor null"),
+            _ => return invalid("a choice has no `message` object"),
+        };
+        let finish_reason = match finish_reason {
+            Shape::Text(reason) => Some(reason),
+            Shape::Missing | Shape::Null => None,
+            _ => return invalid("a `finish_reason` is not a string"),
+        };
+        read.push(Choice {
+            content,
+            finish_reason,
+            logprobs: logprobs.filter(|l| !l.is_null()),
+        });
     }
-    Ok(UpstreamCompletion { body, usage })
+    Ok(UpstreamCompletion {
+        choices_text: choices_text.to_owned(),
+        choices: read,
+        carried: top.carried,
+        usage,
+    })
 }
 
 /// The top-level fields of an answer the gateway reads or carries over (every one of
@@ -108,34 +149,203 @@ const KEPT_FIELDS: &[&str] = &["choices", "usage", "system_fingerprint", "servic
 /// others must be well-formed JSON but are not built, nor their strings checked for UTF-8
 /// (nothing of them reaches the client). A key sent twice keeps its last value, as a
 /// parse into [`Value`] would.
-struct KeptFields(Map<String, Value>);
+struct KeptFields<'a> {
+    choices: Option<&'a RawValue>,
+    usage: Option<Value>,
+    carried: Vec<(&'static str, Value)>,
+}
 
-impl<'de> Deserialize<'de> for KeptFields {
+impl<'de> Deserialize<'de> for KeptFields<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Fields;
         impl<'de> Visitor<'de> for Fields {
-            type Value = KeptFields;
+            type Value = KeptFields<'de>;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeptFields, A::Error> {
-                let mut kept = Map::new();
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut kept = KeptFields {
+                    choices: None,
+                    usage: None,
+                    carried: Vec::new(),
+                };
                 while let Some(key) = map.next_key_seed(KeyAmong(KEPT_FIELDS))? {
                     match key {
-                        Some(key) => {
-                            kept.insert(key.to_string(), map.next_value::<Value>()?);
+                        Some("choices") => kept.choices = Some(map.next_value()?),
+                        Some("usage") => kept.usage = Some(map.next_value()?),
+                        Some(field) if CARRIED_FIELDS.contains(&field) => {
+                            let value: Value = map.next_value()?;
+                            kept.carried.retain(|(name, _)| *name != field);
+                            if !value.is_null() {
+                                kept.carried.push((field, value));
+                            }
                         }
-                        None => {
+                        Some(_) | None => {
                             map.next_value::<IgnoredAny>()?;
                         }
                     }
                 }
-                Ok(KeptFields(kept))
+                Ok(kept)
             }
         }
         deserializer.deserialize_map(Fields)
+    }
+}
+
+/// A value read for its shape: the gateway checks the type of what it reads itself (each
+/// wrong type has its own reason), so no JSON value is refused here, only skimmed.
+enum Shape<T> {
+    Missing,
+    Null,
+    Text(String),
+    Array(T),
+    Object(T),
+    Other,
+}
+
+/// A choice: its `message` content, `finish_reason` and `logprobs`, or not an object.
+enum ChoiceShape {
+    Object {
+        message: Shape<Shape<()>>,
+        finish_reason: Shape<()>,
+        logprobs: Option<Value>,
+    },
+    Other,
+}
+
+/// Reads the shape of a value; `T` is what an array or object becomes.
+trait FromShape<'de>: Sized {
+    fn from_seq<A: SeqAccess<'de>>(seq: A) -> Result<Option<Self>, A::Error>;
+    fn from_map<A: MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error>;
+}
+
+/// A container whose content is not needed.
+impl<'de> FromShape<'de> for () {
+    fn from_seq<A: SeqAccess<'de>>(mut seq: A) -> Result<Option<()>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Some(()))
+    }
+    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Option<()>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Some(()))
+    }
+}
+
+/// The `choices` array: each element read as a choice; an object here is not an array.
+impl<'de> FromShape<'de> for Vec<ChoiceShape> {
+    fn from_seq<A: SeqAccess<'de>>(mut seq: A) -> Result<Option<Self>, A::Error> {
+        let mut choices = Vec::with_capacity(seq.size_hint().unwrap_or(1));
+        while let Some(choice) = seq.next_element::<ChoiceShape>()? {
+            choices.push(choice);
+        }
+        Ok(Some(choices))
+    }
+    fn from_map<A: MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+        <()>::from_map(map).map(|_| None)
+    }
+}
+
+/// A message object: only its `content` is read; an array here is not a message.
+impl<'de> FromShape<'de> for Shape<()> {
+    fn from_seq<A: SeqAccess<'de>>(seq: A) -> Result<Option<Self>, A::Error> {
+        <()>::from_seq(seq).map(|_| None)
+    }
+    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut content = Shape::Missing;
+        while let Some(key) = map.next_key_seed(KeyAmong(&["content"]))? {
+            if key.is_some() {
+                content = map.next_value()?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(Some(content))
+    }
+}
+
+impl<'de, T: FromShape<'de>> Deserialize<'de> for Shape<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ShapeVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: FromShape<'de>> Visitor<'de> for ShapeVisitor<T> {
+            type Value = Shape<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Shape<T>, E> {
+                Ok(Shape::Null)
+            }
+            fn visit_none<E>(self) -> Result<Shape<T>, E> {
+                Ok(Shape::Null)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Shape<T>, E> {
+                Ok(Shape::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Shape<T>, E> {
+                Ok(Shape::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Shape<T>, E> {
+                Ok(Shape::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Shape<T>, E> {
+                Ok(Shape::Other)
+            }
+            fn visit_str<E>(self, text: &str) -> Result<Shape<T>, E> {
+                Ok(Shape::Text(text.to_owned()))
+            }
+            fn visit_string<E>(self, text: String) -> Result<Shape<T>, E> {
+                Ok(Shape::Text(text))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Shape<T>, A::Error> {
+                Ok(T::from_seq(seq)?.map_or(Shape::Other, Shape::Array))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Shape<T>, A::Error> {
+                Ok(T::from_map(map)?.map_or(Shape::Other, Shape::Object))
+            }
+        }
+        deserializer.deserialize_any(ShapeVisitor(std::marker::PhantomData))
+    }
+}
+
+impl<'de> Deserialize<'de> for ChoiceShape {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match Shape::<ChoiceFields>::deserialize(deserializer)? {
+            Shape::Object(ChoiceFields(choice)) => Ok(choice),
+            _ => Ok(ChoiceShape::Other),
+        }
+    }
+}
+
+/// A choice object's fields (only ever read from an object).
+struct ChoiceFields(ChoiceShape);
+
+impl<'de> FromShape<'de> for ChoiceFields {
+    fn from_seq<A: SeqAccess<'de>>(seq: A) -> Result<Option<Self>, A::Error> {
+        <()>::from_seq(seq).map(|_| None)
+    }
+    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut message = Shape::Missing;
+        let mut finish_reason = Shape::Missing;
+        let mut logprobs = None;
+        while let Some(key) =
+            map.next_key_seed(KeyAmong(&["message", "finish_reason", "logprobs"]))?
+        {
+            match key {
+                Some("message") => message = map.next_value()?,
+                Some("finish_reason") => finish_reason = map.next_value()?,
+                Some(_) => logprobs = Some(map.next_value::<Value>()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(ChoiceFields(ChoiceShape::Object {
+            message,
+            finish_reason,
+            logprobs,
+        })))
     }
 }
 
@@ -245,19 +455,88 @@ mod tests {
                          "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 1, "completion_tokens": 2}});
         let c = parse_completion(body.to_string().as_bytes()).unwrap();
-        let mut keys: Vec<&str> = c.body.keys().map(String::as_str).collect();
-        keys.sort_unstable();
-        assert_eq!(
-            keys,
-            ["choices", "service_tier", "system_fingerprint", "usage"]
-        );
+        // A null carried field is not carried.
+        assert_eq!(c.carried, [("system_fingerprint", json!("fp"))]);
         assert_eq!(c.content(), Some("hi"));
         assert_eq!(c.usage.unwrap().total_tokens, 3);
     }
 
     #[test]
+    fn each_wrong_shape_has_its_reason() {
+        let usage = json!({"prompt_tokens": 1, "completion_tokens": 1});
+        let cases = [
+            (json!({"choices": {"0": {}}}), "`choices` is missing"),
+            (json!({"choices": "none"}), "`choices` is missing"),
+            (json!({"choices": null}), "`choices` is missing"),
+            (json!({"choices": [[]]}), "a choice has no `message` object"),
+            (
+                json!({"choices": [{"message": []}]}),
+                "a choice has no `message` object",
+            ),
+            (
+                json!({"choices": [{"message": "hi"}]}),
+                "a choice has no `message` object",
+            ),
+            (
+                json!({"choices": [{"index": 0}]}),
+                "a choice has no `message` object",
+            ),
+            (
+                json!({"choices": [{"message": {"content": {"text": "hi"}}}]}),
+                "a message `content` is neither text nor null",
+            ),
+            (
+                json!({"choices": [{"message": {"content": true}}]}),
+                "a message `content` is neither text nor null",
+            ),
+            (
+                json!({"choices": [{"message": {}, "finish_reason": 1}]}),
+                "a `finish_reason` is not a string",
+            ),
+            (
+                json!({"choices": [{"message": {}, "finish_reason": ["stop"]}]}),
+                "a `finish_reason` is not a string",
+            ),
+        ];
+        for (mut body, reason) in cases {
+            body["usage"] = usage.clone();
+            let err = parse_completion(body.to_string().as_bytes()).unwrap_err();
+            assert_eq!(err.reason, reason, "{body}");
+            assert_eq!(err.usage.unwrap().total_tokens, 2, "{body}");
+        }
+        // Content parts and a missing or null content are a message; they have no text.
+        for content in [json!([{"type": "text", "text": "hi"}]), json!(null)] {
+            let body = json!({"choices": [{"message": {"content": content}}]});
+            let c = parse_completion(body.to_string().as_bytes()).unwrap();
+            assert_eq!(c.content(), None);
+        }
+        let c = parse_completion(br#"{"choices": [{"message": {"role": "assistant"}}]}"#).unwrap();
+        assert_eq!(c.content(), None);
+    }
+
+    #[test]
+    fn choices_are_kept_as_sent_beside_what_is_read() {
+        let choices = r#"[ {"index":0, "message": {"role":"assistant", "content":"caf\u00e9 \"B\"",
+            "tool_calls": [{"id": "t1", "type": "function"}]}, "finish_reason":"length",
+            "logprobs": {"content": [{"token": "B", "logprob": -0.5}]}},
+            {"index": 1, "message": {"content": null}, "logprobs": null} ]"#;
+        let body = format!(r#"{{"id": "x", "choices": {choices}, "service_tier": "default"}}"#);
+        let c = parse_completion(body.as_bytes()).unwrap();
+        assert_eq!(c.choices_text().get(), choices);
+        assert_eq!(c.content(), Some("café \"B\""));
+        assert_eq!(c.finish_reason(), Some("length"));
+        assert_eq!(c.choices().len(), 2);
+        assert_eq!(
+            c.choices()[0].logprobs.as_ref().unwrap()["content"][0]["token"],
+            "B"
+        );
+        assert_eq!(c.choices()[1].logprobs, None, "a null logprobs is none");
+        assert_eq!(c.carried, [("service_tier", json!("default"))]);
+    }
+
+    #[test]
     fn every_carried_field_is_kept() {
-        for field in crate::openai::completion::CARRIED_FIELDS {
+        for field in CARRIED_FIELDS {
             assert!(KEPT_FIELDS.contains(field), "{field}");
         }
     }

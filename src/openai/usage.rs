@@ -76,8 +76,54 @@ impl Usage {
     }
 }
 
+/// The same object as [`Usage::to_json`], written without building it first (keys in the
+/// order a JSON object of this crate has them).
+impl serde::Serialize for Usage {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Detail(&'static str, u64);
+        impl serde::Serialize for Detail {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry(self.0, &self.1)?;
+                map.end()
+            }
+        }
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("completion_tokens", &self.completion_tokens)?;
+        if let Some(reasoning) = self.reasoning_tokens {
+            map.serialize_entry(
+                "completion_tokens_details",
+                &Detail("reasoning_tokens", reasoning),
+            )?;
+        }
+        map.serialize_entry("prompt_tokens", &self.prompt_tokens)?;
+        if let Some(cached) = self.cached_tokens {
+            map.serialize_entry("prompt_tokens_details", &Detail("cached_tokens", cached))?;
+        }
+        map.serialize_entry("total_tokens", &self.total_tokens)?;
+        map.end()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn serialises_as_its_json_object() {
+        let all = Usage {
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            total_tokens: 3,
+            cached_tokens: Some(4),
+            reasoning_tokens: Some(5),
+        };
+        for usage in [all, Usage::default()] {
+            assert_eq!(
+                serde_json::to_string(&usage).unwrap(),
+                usage.to_json().to_string()
+            );
+        }
+    }
     use super::*;
 
     #[test]
