@@ -378,7 +378,7 @@ impl Exchange {
 
     /// The whole body is here: parse, choose the virtual model, start the looper.
     fn start(&mut self, body: &[u8], now: Millis) -> Flow {
-        let mut request = match ChatRequest::parse(body) {
+        let request = match ChatRequest::parse(body) {
             Ok(r) => r,
             Err(err) => {
                 self.reply_error(&err);
@@ -446,9 +446,6 @@ impl Exchange {
             .push_back(Command::Count(metrics.global(Global::Requests)));
         self.commands
             .push_back(Command::Count(metrics.virtual_requests(virtual_index)));
-        if !recipe.contract.has_instruction() {
-            request.keep_messages_text(body);
-        }
         let request = Rc::new(request);
         let nonce = self.gateway.ids().nonce();
         let stream_final = config.stream_final_call && request.stream() && !self.trace_requested;

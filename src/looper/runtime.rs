@@ -613,19 +613,16 @@ impl Runtime {
     /// request, however many sub-calls carry them).
     fn instructed_messages(&mut self) -> Option<Rc<RawValue>> {
         if self.instructed_messages.is_none() {
-            let messages = self.request.field("messages").unwrap_or(&Value::Null);
-            // Without an instruction the client's own text is spliced in, not serialised
-            // again.
+            // Without an instruction the client's own text is spliced in, not parsed and
+            // serialised again.
             self.instructed_messages = match self.recipe.contract.instruction() {
                 Some(instruction) => {
+                    let messages = self.request.field("messages").unwrap_or(&Value::Null);
                     to_raw_value(&prompt::with_instruction(messages, Some(&instruction)))
                         .ok()
                         .map(Rc::from)
                 }
-                None => self
-                    .request
-                    .messages_text()
-                    .or_else(|| to_raw_value(messages).ok().map(Rc::from)),
+                None => Some(self.request.messages_text()),
             };
         }
         self.instructed_messages.clone()

@@ -5,10 +5,13 @@
 
 use super::error::ApiError;
 use super::object_key::KeyAmong;
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{
+    Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::cell::OnceCell;
 use std::fmt;
 use std::rc::Rc;
 
@@ -26,10 +29,14 @@ const ROLES: &[&str] = &[
 
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
-    body: Map<String, Value>,
-    /// `messages` as the client wrote them, spliced into sub-calls as they are: serialising
-    /// the parsed messages again costs more than the parse (every byte of text is escaped).
-    messages_text: Option<Rc<RawValue>>,
+    /// The client's top-level fields but `messages`, parsed.
+    fields: Map<String, Value>,
+    /// `messages` as the client wrote them, spliced into sub-calls as they are: parsing them
+    /// into a tree and serialising it again would cost more than the rest of the request.
+    messages_text: Rc<RawValue>,
+    /// `messages` parsed, for the readers that need the tree (routing, the gateway's own
+    /// prompts), on first use.
+    messages: OnceCell<Value>,
     /// Size of the client's body in bytes (for token estimates).
     body_len: usize,
     model: String,
@@ -40,15 +47,20 @@ pub struct ChatRequest {
 
 impl ChatRequest {
     /// Parses and validates the fields the gateway relies on; everything else is kept as is.
+    /// `messages` is checked without being built.
     pub fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
-        let value: Value = serde_json::from_slice(bytes).map_err(ApiError::invalid_json)?;
-        let Value::Object(body) = value else {
-            return Err(ApiError::invalid_request(
-                "the request body must be a JSON object",
-                None,
-            ));
+        let TopLevel { fields, messages } = match serde_json::from_slice::<TopLevel>(bytes) {
+            Ok(top) => top,
+            // The only type the reader insists on is the top-level object.
+            Err(err) if err.is_data() => {
+                return Err(ApiError::invalid_request(
+                    "the request body must be a JSON object",
+                    None,
+                ))
+            }
+            Err(err) => return Err(ApiError::invalid_json(err)),
         };
-        let model = match body.get("model") {
+        let model = match fields.get("model") {
             Some(Value::String(m)) if !m.is_empty() => m.clone(),
             Some(_) => {
                 return Err(ApiError::invalid_request(
@@ -63,8 +75,14 @@ impl ChatRequest {
                 ))
             }
         };
-        validate_messages(body.get("messages"))?;
-        let stream = match body.get("stream") {
+        let Some(messages) = messages else {
+            return Err(ApiError::invalid_request(
+                "you must provide a `messages` parameter",
+                Some("messages"),
+            ));
+        };
+        validate_messages(messages)?;
+        let stream = match fields.get("stream") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
             Some(_) => {
@@ -74,7 +92,7 @@ impl ChatRequest {
                 ))
             }
         };
-        let include_usage = match body.get("stream_options") {
+        let include_usage = match fields.get("stream_options") {
             None | Some(Value::Null) => false,
             Some(Value::Object(options)) => match options.get("include_usage") {
                 None | Some(Value::Null) => false,
@@ -93,7 +111,7 @@ impl ChatRequest {
                 ))
             }
         };
-        let n = match body.get("n") {
+        let n = match fields.get("n") {
             None | Some(Value::Null) => 1,
             Some(v) => match v.as_u64() {
                 Some(n) if (1..=MAX_N).contains(&n) => n,
@@ -106,8 +124,9 @@ impl ChatRequest {
             },
         };
         Ok(ChatRequest {
-            body,
-            messages_text: None,
+            fields,
+            messages_text: Rc::from(messages.to_owned()),
+            messages: OnceCell::new(),
             body_len: bytes.len(),
             model,
             stream,
@@ -137,27 +156,24 @@ impl ChatRequest {
         self.n
     }
 
+    /// A top-level field of the client's body (`messages` is parsed on first use).
     pub fn field(&self, key: &str) -> Option<&Value> {
-        self.body.get(key)
+        if key == "messages" {
+            // Text the validation read is JSON; `Null` cannot happen but is no panic.
+            return Some(self.messages.get_or_init(|| {
+                serde_json::from_str(self.messages_text.get()).unwrap_or_default()
+            }));
+        }
+        self.fields.get(key)
     }
 
-    /// Keeps the text of `messages` from `bytes`, the body this request was parsed from, for
-    /// a recipe whose sub-calls carry the client's messages unchanged. Skimming the body for it
-    /// costs about half of serialising the parsed messages again.
-    pub fn keep_messages_text(&mut self, bytes: &[u8]) {
-        self.messages_text = serde_json::from_slice::<MessagesText>(bytes)
-            .ok()
-            .and_then(|text| text.0)
-            .map(|raw| Rc::from(raw.to_owned()));
-    }
-
-    /// The client's `messages` as JSON text, exactly as sent, once kept (`None` if the body
-    /// named them more than once: the parsed body keeps the last, as every upstream parser
-    /// would). A key repeated inside a message goes upstream as the client wrote it, as it
-    /// does for a request that passes through, while the gateway's own reading (validation,
-    /// routing, its own prompts) sees the last value.
-    pub fn messages_text(&self) -> Option<Rc<RawValue>> {
-        self.messages_text.clone()
+    /// The client's `messages` as JSON text, exactly as sent (the last, if the body named
+    /// them more than once, as every upstream parser would read it). A key repeated inside a
+    /// message goes upstream as the client wrote it, as it does for a request that passes
+    /// through, while the gateway's own reading (validation, routing, its own prompts) sees
+    /// the last value.
+    pub fn messages_text(&self) -> Rc<RawValue> {
+        Rc::clone(&self.messages_text)
     }
 
     /// The body of a sub-call to `upstream_model`: the client's JSON with `model` replaced,
@@ -166,7 +182,7 @@ impl ChatRequest {
         let model = Value::String(upstream_model.to_string());
         let mut all: Vec<(&str, Edit)> = Vec::with_capacity(edits.len() + 3);
         all.push(("model", Edit::Set(&model)));
-        if self.body.contains_key("stream") {
+        if self.fields.contains_key("stream") {
             all.push(("stream", Edit::Set(&Value::Bool(false))));
         }
         all.push(("stream_options", Edit::Remove));
@@ -175,18 +191,22 @@ impl ChatRequest {
             all.push((key, *edit));
         }
         let edited = Edited {
-            base: &self.body,
+            base: &self.fields,
+            messages: &self.messages_text,
             edits: &all,
         };
         // Sized for the spliced messages and the client's other fields, so the buffer is not
         // regrown and copied as it fills.
-        let raw: usize = all
+        let mut raw: usize = all
             .iter()
             .map(|(_, edit)| match edit {
                 Edit::Raw(raw) => raw.get().len(),
                 _ => 0,
             })
             .sum();
+        if !all.iter().any(|(key, _)| *key == "messages") {
+            raw = raw.saturating_add(self.messages_text.get().len());
+        }
         let mut body = Vec::with_capacity(raw.saturating_add(SUB_CALL_FIELDS_BYTES));
         // Serialising a map of JSON values cannot fail; an empty body would be refused by the
         // upstream and reported as a failed call, never a panic.
@@ -197,32 +217,37 @@ impl ChatRequest {
     }
 }
 
-/// The text of a body's `messages`, read without building anything: other values are
-/// skipped, and a second `messages` key makes it `None`.
-struct MessagesText<'a>(Option<&'a RawValue>);
+/// The client's top-level object: `messages` as text (the last, when named twice; checked
+/// apart), every other field parsed.
+struct TopLevel<'a> {
+    fields: Map<String, Value>,
+    messages: Option<&'a RawValue>,
+}
 
-impl<'de> Deserialize<'de> for MessagesText<'de> {
+impl<'de> Deserialize<'de> for TopLevel<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Fields;
         impl<'de> Visitor<'de> for Fields {
-            type Value = MessagesText<'de>;
+            type Value = TopLevel<'de>;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut text = None;
-                let mut times = 0u32;
-                while let Some(key) = map.next_key_seed(KeyAmong(&["messages"]))? {
-                    if key.is_some() {
-                        text = Some(map.next_value::<&'de RawValue>()?);
-                        times += 1;
+                let mut top = TopLevel {
+                    fields: Map::new(),
+                    messages: None,
+                };
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "messages" {
+                        top.messages = Some(map.next_value()?);
                     } else {
-                        map.next_value::<IgnoredAny>()?;
+                        let value: Value = map.next_value()?;
+                        top.fields.insert(key, value);
                     }
                 }
-                Ok(MessagesText(if times == 1 { text } else { None }))
+                Ok(top)
             }
         }
         deserializer.deserialize_map(Fields)
@@ -242,16 +267,24 @@ pub enum Edit<'a> {
     Remove,
 }
 
-/// Serialises `base` with `edits` applied, without cloning the client's body.
+/// Serialises the client's fields (`base` and its `messages` text) with `edits` applied,
+/// without cloning the client's body. Keys keep the order of a parsed JSON object.
 struct Edited<'a> {
     base: &'a Map<String, Value>,
+    messages: &'a RawValue,
     edits: &'a [(&'a str, Edit<'a>)],
 }
 
 impl Serialize for Edited<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
+        let mut messages = Some(self.messages);
         for (key, value) in self.base {
+            if key.as_str() > "messages" {
+                if let Some(text) = messages.take() {
+                    self.entry(&mut map, "messages", text)?;
+                }
+            }
             match self.edits.iter().find(|(k, _)| k == key) {
                 Some((_, Edit::Set(v))) => map.serialize_entry(key, v)?,
                 Some((_, Edit::Raw(v))) => map.serialize_entry(key, v)?,
@@ -259,8 +292,11 @@ impl Serialize for Edited<'_> {
                 None => map.serialize_entry(key, value)?,
             }
         }
+        if let Some(text) = messages {
+            self.entry(&mut map, "messages", text)?;
+        }
         for (key, edit) in self.edits {
-            if self.base.contains_key(*key) {
+            if self.base.contains_key(*key) || *key == "messages" {
                 continue;
             }
             match edit {
@@ -273,80 +309,287 @@ impl Serialize for Edited<'_> {
     }
 }
 
-fn validate_messages(messages: Option<&Value>) -> Result<(), ApiError> {
-    let Some(messages) = messages else {
-        return Err(ApiError::invalid_request(
-            "you must provide a `messages` parameter",
-            Some("messages"),
-        ));
-    };
-    let Value::Array(items) = messages else {
-        return Err(ApiError::invalid_request(
-            "`messages` must be an array",
-            Some("messages"),
-        ));
-    };
-    if items.is_empty() {
-        return Err(ApiError::invalid_request(
-            "`messages` must contain at least one message",
-            Some("messages"),
-        ));
+impl Edited<'_> {
+    /// The client's `messages` or their edit.
+    fn entry<M: SerializeMap>(
+        &self,
+        map: &mut M,
+        key: &str,
+        text: &RawValue,
+    ) -> Result<(), M::Error> {
+        match self.edits.iter().find(|(k, _)| *k == key) {
+            Some((_, Edit::Set(v))) => map.serialize_entry(key, v),
+            Some((_, Edit::Raw(v))) => map.serialize_entry(key, v),
+            Some((_, Edit::Remove)) => Ok(()),
+            None => map.serialize_entry(key, text),
+        }
     }
-    for (i, message) in items.iter().enumerate() {
-        validate_message(i, message)?;
-    }
-    Ok(())
 }
 
-fn validate_message(i: usize, message: &Value) -> Result<(), ApiError> {
-    let param = |field: &str| format!("messages[{i}]{field}");
-    let Value::Object(message) = message else {
-        return Err(ApiError::invalid_request(
-            format!("`messages[{i}]` must be an object"),
-            Some(&param("")),
-        ));
-    };
-    let role = match message.get("role") {
-        Some(Value::String(role)) if ROLES.contains(&role.as_str()) => role.as_str(),
+/// Checks the client's `messages` as OpenAI would, reading the text without building it.
+fn validate_messages(messages: &RawValue) -> Result<(), ApiError> {
+    let seen = Check(Expect::Messages)
+        .deserialize(&mut serde_json::Deserializer::from_str(messages.get()))
+        // The text was read as JSON already.
+        .unwrap_or(Seen::Other);
+    let fault = match seen {
+        Seen::Messages { count: 0, .. } => {
+            return Err(ApiError::invalid_request(
+                "`messages` must contain at least one message",
+                Some("messages"),
+            ))
+        }
+        Seen::Messages { fault, .. } => fault,
         _ => {
             return Err(ApiError::invalid_request(
-                format!("`messages[{i}].role` must be one of: {}", ROLES.join(", ")),
-                Some(&param(".role")),
+                "`messages` must be an array",
+                Some("messages"),
             ))
         }
     };
-    match message.get("content") {
-        Some(Value::String(_)) => Ok(()),
-        Some(Value::Array(parts)) => {
-            for (j, part) in parts.iter().enumerate() {
-                let ok = match part {
-                    Value::Object(p) => match p.get("type") {
-                        Some(Value::String(t)) if t == "text" => {
-                            matches!(p.get("text"), Some(Value::String(_)))
-                        }
-                        Some(Value::String(_)) => true,
-                        _ => false,
-                    },
-                    _ => false,
-                };
-                if !ok {
-                    return Err(ApiError::invalid_request(
-                        format!(
-                            "`messages[{i}].content[{j}]` must be an object with a string \
-                             `type` (and a string `text` for text parts)"
-                        ),
-                        Some(&param(&format!(".content[{j}]"))),
-                    ));
-                }
-            }
-            Ok(())
-        }
-        // Assistant turns that only call tools, and tool/function results, may omit content.
-        None | Some(Value::Null) if matches!(role, "assistant" | "tool" | "function") => Ok(()),
-        _ => Err(ApiError::invalid_request(
+    let Some((i, fault)) = fault else {
+        return Ok(());
+    };
+    let param = |field: &str| format!("messages[{i}]{field}");
+    Err(match fault {
+        MessageFault::NotObject => ApiError::invalid_request(
+            format!("`messages[{i}]` must be an object"),
+            Some(&param("")),
+        ),
+        MessageFault::Role => ApiError::invalid_request(
+            format!("`messages[{i}].role` must be one of: {}", ROLES.join(", ")),
+            Some(&param(".role")),
+        ),
+        MessageFault::Part(j) => ApiError::invalid_request(
+            format!(
+                "`messages[{i}].content[{j}]` must be an object with a string \
+                 `type` (and a string `text` for text parts)"
+            ),
+            Some(&param(&format!(".content[{j}]"))),
+        ),
+        MessageFault::Content => ApiError::invalid_request(
             format!("`messages[{i}].content` must be a string or an array of content parts"),
             Some(&param(".content")),
-        )),
+        ),
+    })
+}
+
+/// Why a message is refused, in the order OpenAI checks.
+#[derive(Clone, Copy, Debug)]
+enum MessageFault {
+    NotObject,
+    Role,
+    Part(usize),
+    Content,
+}
+
+/// What the value being read is expected to be; everything else is only skimmed.
+#[derive(Clone, Copy)]
+enum Expect {
+    Messages,
+    Message,
+    Content,
+    Part,
+    Any,
+}
+
+/// The words the check compares strings with: the roles, and a part's `text` type.
+const WORDS: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+    "text",
+];
+
+/// What was found where something was expected. One visitor reads every level, so the
+/// module holds one copy of the JSON reader for it.
+enum Seen {
+    Null,
+    /// A string, and the one of [`WORDS`] it equals.
+    Text(Option<&'static str>),
+    Messages {
+        count: usize,
+        /// The first refused message.
+        fault: Option<(usize, MessageFault)>,
+    },
+    Message {
+        role: Option<&'static str>,
+        content: Content,
+    },
+    /// Content parts, and the first refused one.
+    Parts(Option<usize>),
+    Part {
+        ok: bool,
+    },
+    Other,
+}
+
+#[derive(Clone, Copy)]
+enum Content {
+    Missing,
+    Null,
+    Text,
+    Parts(Option<usize>),
+    Other,
+}
+
+impl Seen {
+    fn fault_as_message(self) -> Option<MessageFault> {
+        let Seen::Message { role, content } = self else {
+            return Some(MessageFault::NotObject);
+        };
+        let Some(role) = role.filter(|role| ROLES.contains(role)) else {
+            return Some(MessageFault::Role);
+        };
+        match content {
+            Content::Text | Content::Parts(None) => None,
+            Content::Parts(Some(j)) => Some(MessageFault::Part(j)),
+            // Assistant turns that only call tools, and tool/function results, may omit
+            // content.
+            Content::Missing | Content::Null
+                if matches!(role, "assistant" | "tool" | "function") =>
+            {
+                None
+            }
+            _ => Some(MessageFault::Content),
+        }
+    }
+}
+
+struct Check(Expect);
+
+/// What a message's `content` is, from its JSON text.
+fn content_of(text: &RawValue) -> Seen {
+    match text.get().as_bytes().first() {
+        Some(b'"') => Seen::Text(None),
+        Some(b'n') => Seen::Null,
+        // The text was read as JSON already.
+        Some(b'[') => Check(Expect::Content)
+            .deserialize(&mut serde_json::Deserializer::from_str(text.get()))
+            .unwrap_or(Seen::Other),
+        _ => Seen::Other,
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Check {
+    type Value = Seen;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Seen, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Check {
+    type Value = Seen;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Seen, E> {
+        Ok(Seen::Null)
+    }
+    fn visit_none<E>(self) -> Result<Seen, E> {
+        Ok(Seen::Null)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Seen, E> {
+        Ok(Seen::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Seen, E> {
+        Ok(Seen::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Seen, E> {
+        Ok(Seen::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Seen, E> {
+        Ok(Seen::Other)
+    }
+    fn visit_str<E>(self, text: &str) -> Result<Seen, E> {
+        Ok(Seen::Text(WORDS.iter().copied().find(|word| *word == text)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Seen, A::Error> {
+        let element = match self.0 {
+            Expect::Messages => Expect::Message,
+            Expect::Content => Expect::Part,
+            _ => {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                return Ok(Seen::Other);
+            }
+        };
+        let mut count = 0usize;
+        let mut first_fault = None;
+        while let Some(seen) = seq.next_element_seed(Check(element))? {
+            if first_fault.is_none() {
+                first_fault = match (element, seen) {
+                    (Expect::Message, seen) => seen.fault_as_message().map(|f| (count, f)),
+                    (_, Seen::Part { ok: true }) => None,
+                    _ => Some((count, MessageFault::Content)),
+                };
+            }
+            count = count.saturating_add(1);
+        }
+        Ok(match element {
+            Expect::Message => Seen::Messages {
+                count,
+                fault: first_fault,
+            },
+            _ => Seen::Parts(first_fault.map(|(j, _)| j)),
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Seen, A::Error> {
+        let keys: &'static [&'static str] = match self.0 {
+            Expect::Message => &["role", "content"],
+            Expect::Part => &["type", "text"],
+            _ => &[],
+        };
+        // Later keys win, as in a parsed object.
+        let mut first = None;
+        let mut second = None;
+        while let Some(key) = map.next_key_seed(KeyAmong(keys))? {
+            match key {
+                Some(key) if Some(&key) == keys.first() => {
+                    first = Some(map.next_value_seed(Check(Expect::Any))?);
+                }
+                Some(_) => {
+                    second = Some(match self.0 {
+                        // Content text is the bulk of a request: skimmed as raw text, it is
+                        // not copied out of its escapes as a visited string would be.
+                        Expect::Message => content_of(map.next_value::<&'de RawValue>()?),
+                        _ => map.next_value_seed(Check(Expect::Any))?,
+                    });
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(match self.0 {
+            Expect::Message => Seen::Message {
+                role: match first {
+                    Some(Seen::Text(word)) => word,
+                    _ => None,
+                },
+                content: match second {
+                    None => Content::Missing,
+                    Some(Seen::Null) => Content::Null,
+                    Some(Seen::Text(_)) => Content::Text,
+                    Some(Seen::Parts(fault)) => Content::Parts(fault),
+                    Some(_) => Content::Other,
+                },
+            },
+            Expect::Part => Seen::Part {
+                ok: match first {
+                    Some(Seen::Text(Some("text"))) => matches!(second, Some(Seen::Text(_))),
+                    Some(Seen::Text(_)) => true,
+                    _ => false,
+                },
+            },
+            _ => Seen::Other,
+        })
     }
 }
 
@@ -470,36 +713,115 @@ mod tests {
     fn messages_text_is_the_clients_own_text() {
         let text = r#"[ {"role":"user", "content":"caf\u00e9 \"quoted\"\n"} ]"#;
         let body = format!(r#"{{"messages": {text}, "model": "v", "tools": [{{"messages": 1}}]}}"#);
-        let mut r = ChatRequest::parse(body.as_bytes()).unwrap();
-        assert!(r.messages_text().is_none(), "kept only when asked");
-        r.keep_messages_text(body.as_bytes());
-        assert_eq!(r.messages_text().unwrap().get(), text);
+        let r = ChatRequest::parse(body.as_bytes()).unwrap();
+        assert_eq!(r.messages_text().get(), text);
         let parsed: Value = serde_json::from_str(text).unwrap();
         assert_eq!(r.field("messages"), Some(&parsed));
-        // A key repeated inside a message is kept as written; the parsed body has the last.
+        // A key repeated inside a message is kept as written; the parsed messages have the
+        // last.
         let text = r#"[{"role": "user", "content": "a", "content": "b"}]"#;
         let body = format!(r#"{{"model": "v", "messages": {text}}}"#);
-        let mut r = ChatRequest::parse(body.as_bytes()).unwrap();
-        r.keep_messages_text(body.as_bytes());
-        assert_eq!(r.messages_text().unwrap().get(), text);
+        let r = ChatRequest::parse(body.as_bytes()).unwrap();
+        assert_eq!(r.messages_text().get(), text);
         assert_eq!(r.field("messages").unwrap()[0]["content"], "b");
+        // The sub-call carries the text, with the other fields in key order around it.
+        let sub = String::from_utf8(r.upstream_body("u", &[])).unwrap();
+        assert_eq!(sub, format!(r#"{{"messages":{text},"model":"u"}}"#));
+        let body = br#"{"temperature": 1, "messages": [{"role": "user", "content": "x"}], "a": 2}"#;
+        let r = ChatRequest::parse(body).unwrap_err();
+        assert_eq!(r.param.as_deref(), Some("model"));
     }
 
     #[test]
-    fn messages_named_twice_have_no_text() {
-        // The parsed body keeps the last value; a text of the first would disagree with it.
+    fn messages_named_twice_are_the_last() {
+        // As the parsed body of any upstream would have them.
+        for body in [
+            &br#"{"model": "v", "messages": [{"role": "user", "content": "a"}],
+            "messages": [{"role": "user", "content": "b"}]}"#[..],
+            // An escaped key is the same key.
+            br#"{"model": "v", "messages": [{"role": "user", "content": "a"}],
+            "m\u0065ssages": [{"role": "user", "content": "b"}]}"#,
+        ] {
+            let r = ChatRequest::parse(body).unwrap();
+            assert_eq!(
+                r.messages_text().get(),
+                r#"[{"role": "user", "content": "b"}]"#
+            );
+            assert_eq!(r.field("messages").unwrap()[0]["content"], "b");
+        }
+        // The last is the one checked.
         let body = br#"{"model": "v", "messages": [{"role": "user", "content": "a"}],
-            "messages": [{"role": "user", "content": "b"}]}"#;
-        let mut r = ChatRequest::parse(body).unwrap();
-        r.keep_messages_text(body);
-        assert!(r.messages_text().is_none());
-        assert_eq!(r.field("messages").unwrap()[0]["content"], "b");
-        // An escaped key is the same key.
-        let body = br#"{"model": "v", "messages": [{"role": "user", "content": "a"}],
-            "m\u0065ssages": [{"role": "user", "content": "b"}]}"#;
-        let mut r = ChatRequest::parse(body).unwrap();
-        r.keep_messages_text(body);
-        assert!(r.messages_text().is_none());
+            "messages": [{"role": "wizard", "content": "b"}]}"#;
+        let err = ChatRequest::parse(body).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("messages[0].role"));
+    }
+
+    #[test]
+    fn messages_are_checked_as_written() {
+        let ok = [
+            json!([{"content": "x", "role": "user"}]),
+            json!([{"role": "user", "content": [{"text": "hi", "type": "text"}]}]),
+            json!([{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]),
+            json!([{"role": "tool", "content": null, "tool_call_id": "t"}]),
+            json!([{"role": "function", "name": "f"}]),
+            json!([{"role": "user", "content": 1, "content": "later wins"}]),
+        ];
+        for messages in ok {
+            parse(json!({"model": "m", "messages": messages})).unwrap();
+        }
+        // Escapes are undone before a role is compared.
+        ChatRequest::parse(
+            br#"{"model": "m", "messages": [{"role": "us\u0065r", "content": "x"}]}"#,
+        )
+        .unwrap();
+        let refused = [
+            (json!([{"role": "user", "content": "x"}, 3]), "messages[1]"),
+            (json!([{"role": "user", "content": "x"}, []]), "messages[1]"),
+            (
+                json!([{"role": "user", "content": "x"}, {"role": "text"}]),
+                "messages[1].role",
+            ),
+            (
+                json!([{"role": ["user"], "content": "x"}]),
+                "messages[0].role",
+            ),
+            (
+                json!([{"role": "system", "content": null}]),
+                "messages[0].content",
+            ),
+            (
+                json!([{"role": "user", "content": {"text": "x"}}]),
+                "messages[0].content",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "text", "text": "a"}, "b"]}]),
+                "messages[0].content[1]",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "text", "text": ["a"]}]}]),
+                "messages[0].content[0]",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": 1}]}]),
+                "messages[0].content[0]",
+            ),
+            (json!({"role": "user", "content": "x"}), "messages"),
+            (json!(null), "messages"),
+            // The first refused message is named, whatever follows.
+            (
+                json!([{"role": "user"}, 1, {"role": "wizard"}]),
+                "messages[0].content",
+            ),
+        ];
+        for (messages, param) in refused {
+            let err = parse(json!({"model": "m", "messages": messages})).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(param), "{messages}");
+        }
+        let err = ChatRequest::parse(
+            b"{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"\xff\"}]}",
+        )
+        .unwrap_err();
+        assert_eq!(err.code, Some("invalid_json"), "invalid UTF-8 in a message");
     }
 
     #[test]

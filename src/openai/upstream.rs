@@ -4,7 +4,9 @@
 use super::completion::CARRIED_FIELDS;
 use super::object_key::KeyAmong;
 use super::usage::Usage;
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use std::fmt;
@@ -98,41 +100,20 @@ pub fn parse_completion(bytes: &[u8]) -> Result<UpstreamCompletion, InvalidRespo
     };
     // The text is JSON already checked by the first pass; this pass builds only what the
     // gateway reads.
-    let Ok(Shape::Array(choices)) =
-        serde_json::from_str::<Shape<Vec<ChoiceShape>>>(choices_text.get())
-    else {
+    let read = Read(Expect::Choices)
+        .deserialize(&mut serde_json::Deserializer::from_str(choices_text.get()))
+        .unwrap_or(Seen::Other);
+    let Seen::Choices(choices) = read else {
         return invalid("`choices` is missing");
     };
     if choices.is_empty() {
         return invalid("`choices` is empty");
     }
-    let mut read = Vec::with_capacity(choices.len());
-    for choice in choices {
-        let ChoiceShape::Object {
-            message,
-            finish_reason,
-            logprobs,
-        } = choice
-        else {
-            return invalid("a choice has no `message` object");
-        };
-        let content = match message {
-            Shape::Object(Shape::Text(text)) => Some(text),
-            Shape::Object(Shape::Missing | Shape::Null | Shape::Array(())) => None,
-            Shape::Object(_) => return invalid("a message `content` is neither text nor null"),
-            _ => return invalid("a choice has no `message` object"),
-        };
-        let finish_reason = match finish_reason {
-            Shape::Text(reason) => Some(reason),
-            Shape::Missing | Shape::Null => None,
-            _ => return invalid("a `finish_reason` is not a string"),
-        };
-        read.push(Choice {
-            content,
-            finish_reason,
-            logprobs: logprobs.filter(|l| !l.is_null()),
-        });
-    }
+    let choices: Result<Vec<Choice>, &'static str> = choices.into_iter().collect();
+    let read = match choices {
+        Ok(choices) => choices,
+        Err(reason) => return invalid(reason),
+    };
     Ok(UpstreamCompletion {
         choices_text: choices_text.to_owned(),
         choices: read,
@@ -194,158 +175,137 @@ impl<'de> Deserialize<'de> for KeptFields<'de> {
     }
 }
 
-/// A value read for its shape: the gateway checks the type of what it reads itself (each
-/// wrong type has its own reason), so no JSON value is refused here, only skimmed.
-enum Shape<T> {
-    Missing,
+/// What one level of `choices` is expected to be; everything else is only skimmed.
+#[derive(Clone, Copy)]
+enum Expect {
+    Choices,
+    Choice,
+    Message,
+    Any,
+}
+
+/// What was found where something was expected. The gateway checks the type of what it
+/// reads itself (each wrong type has its own reason), so no JSON value is refused here.
+/// One visitor reads every level, so the module holds one copy of the JSON reader for it.
+enum Seen {
     Null,
     Text(String),
-    Array(T),
-    Object(T),
+    Array,
     Other,
+    Choices(Vec<Result<Choice, &'static str>>),
+    Choice(Result<Choice, &'static str>),
+    /// A message object and its text content.
+    Message(Result<Option<String>, &'static str>),
 }
 
-/// A choice: its `message` content, `finish_reason` and `logprobs`, or not an object.
-enum ChoiceShape {
-    Object {
-        message: Shape<Shape<()>>,
-        finish_reason: Shape<()>,
-        logprobs: Option<Value>,
-    },
-    Other,
-}
+const NO_MESSAGE: &str = "a choice has no `message` object";
 
-/// Reads the shape of a value; `T` is what an array or object becomes.
-trait FromShape<'de>: Sized {
-    fn from_seq<A: SeqAccess<'de>>(seq: A) -> Result<Option<Self>, A::Error>;
-    fn from_map<A: MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error>;
-}
+struct Read(Expect);
 
-/// A container whose content is not needed.
-impl<'de> FromShape<'de> for () {
-    fn from_seq<A: SeqAccess<'de>>(mut seq: A) -> Result<Option<()>, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Some(()))
-    }
-    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Option<()>, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Some(()))
+impl<'de> DeserializeSeed<'de> for Read {
+    type Value = Seen;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Seen, D::Error> {
+        deserializer.deserialize_any(self)
     }
 }
 
-/// The `choices` array: each element read as a choice; an object here is not an array.
-impl<'de> FromShape<'de> for Vec<ChoiceShape> {
-    fn from_seq<A: SeqAccess<'de>>(mut seq: A) -> Result<Option<Self>, A::Error> {
+impl<'de> Visitor<'de> for Read {
+    type Value = Seen;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Seen, E> {
+        Ok(Seen::Null)
+    }
+    fn visit_none<E>(self) -> Result<Seen, E> {
+        Ok(Seen::Null)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Seen, E> {
+        Ok(Seen::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Seen, E> {
+        Ok(Seen::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Seen, E> {
+        Ok(Seen::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Seen, E> {
+        Ok(Seen::Other)
+    }
+    fn visit_str<E>(self, text: &str) -> Result<Seen, E> {
+        Ok(Seen::Text(text.to_owned()))
+    }
+    fn visit_string<E>(self, text: String) -> Result<Seen, E> {
+        Ok(Seen::Text(text))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Seen, A::Error> {
+        let Expect::Choices = self.0 else {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            return Ok(Seen::Array);
+        };
         let mut choices = Vec::with_capacity(seq.size_hint().unwrap_or(1));
-        while let Some(choice) = seq.next_element::<ChoiceShape>()? {
-            choices.push(choice);
+        while let Some(seen) = seq.next_element_seed(Read(Expect::Choice))? {
+            choices.push(match seen {
+                Seen::Choice(choice) => choice,
+                _ => Err(NO_MESSAGE),
+            });
         }
-        Ok(Some(choices))
+        Ok(Seen::Choices(choices))
     }
-    fn from_map<A: MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
-        <()>::from_map(map).map(|_| None)
-    }
-}
 
-/// A message object: only its `content` is read; an array here is not a message.
-impl<'de> FromShape<'de> for Shape<()> {
-    fn from_seq<A: SeqAccess<'de>>(seq: A) -> Result<Option<Self>, A::Error> {
-        <()>::from_seq(seq).map(|_| None)
-    }
-    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
-        let mut content = Shape::Missing;
-        while let Some(key) = map.next_key_seed(KeyAmong(&["content"]))? {
-            if key.is_some() {
-                content = map.next_value()?;
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(Some(content))
-    }
-}
-
-impl<'de, T: FromShape<'de>> Deserialize<'de> for Shape<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ShapeVisitor<T>(std::marker::PhantomData<T>);
-        impl<'de, T: FromShape<'de>> Visitor<'de> for ShapeVisitor<T> {
-            type Value = Shape<T>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_unit<E>(self) -> Result<Shape<T>, E> {
-                Ok(Shape::Null)
-            }
-            fn visit_none<E>(self) -> Result<Shape<T>, E> {
-                Ok(Shape::Null)
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Shape<T>, E> {
-                Ok(Shape::Other)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Shape<T>, E> {
-                Ok(Shape::Other)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Shape<T>, E> {
-                Ok(Shape::Other)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Shape<T>, E> {
-                Ok(Shape::Other)
-            }
-            fn visit_str<E>(self, text: &str) -> Result<Shape<T>, E> {
-                Ok(Shape::Text(text.to_owned()))
-            }
-            fn visit_string<E>(self, text: String) -> Result<Shape<T>, E> {
-                Ok(Shape::Text(text))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Shape<T>, A::Error> {
-                Ok(T::from_seq(seq)?.map_or(Shape::Other, Shape::Array))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Shape<T>, A::Error> {
-                Ok(T::from_map(map)?.map_or(Shape::Other, Shape::Object))
-            }
-        }
-        deserializer.deserialize_any(ShapeVisitor(std::marker::PhantomData))
-    }
-}
-
-impl<'de> Deserialize<'de> for ChoiceShape {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        match Shape::<ChoiceFields>::deserialize(deserializer)? {
-            Shape::Object(ChoiceFields(choice)) => Ok(choice),
-            _ => Ok(ChoiceShape::Other),
-        }
-    }
-}
-
-/// A choice object's fields (only ever read from an object).
-struct ChoiceFields(ChoiceShape);
-
-impl<'de> FromShape<'de> for ChoiceFields {
-    fn from_seq<A: SeqAccess<'de>>(seq: A) -> Result<Option<Self>, A::Error> {
-        <()>::from_seq(seq).map(|_| None)
-    }
-    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
-        let mut message = Shape::Missing;
-        let mut finish_reason = Shape::Missing;
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Seen, A::Error> {
+        let keys: &'static [&'static str] = match self.0 {
+            Expect::Choice => &["message", "finish_reason", "logprobs"],
+            Expect::Message => &["content"],
+            _ => &[],
+        };
+        // Later keys win, as in a parsed object.
+        let mut message = None;
+        let mut finish_reason = None;
         let mut logprobs = None;
-        while let Some(key) =
-            map.next_key_seed(KeyAmong(&["message", "finish_reason", "logprobs"]))?
-        {
-            match key {
-                Some("message") => message = map.next_value()?,
-                Some("finish_reason") => finish_reason = map.next_value()?,
-                Some(_) => logprobs = Some(map.next_value::<Value>()?),
-                None => {
+        while let Some(key) = map.next_key_seed(KeyAmong(keys))? {
+            match (self.0, key) {
+                (Expect::Choice, Some("message")) => {
+                    message = Some(map.next_value_seed(Read(Expect::Message))?);
+                }
+                (Expect::Choice, Some("logprobs")) => {
+                    logprobs = Some(map.next_value::<Value>()?);
+                }
+                // A choice's `finish_reason`, or a message's `content`.
+                (_, Some(_)) => finish_reason = Some(map.next_value_seed(Read(Expect::Any))?),
+                (_, None) => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        Ok(Some(ChoiceFields(ChoiceShape::Object {
-            message,
-            finish_reason,
-            logprobs,
-        })))
+        Ok(match self.0 {
+            Expect::Message => Seen::Message(match finish_reason {
+                Some(Seen::Text(text)) => Ok(Some(text)),
+                None | Some(Seen::Null | Seen::Array) => Ok(None),
+                Some(_) => Err("a message `content` is neither text nor null"),
+            }),
+            Expect::Choice => Seen::Choice(match message {
+                Some(Seen::Message(Ok(content))) => match finish_reason {
+                    Some(Seen::Text(reason)) => Ok(Choice {
+                        content,
+                        finish_reason: Some(reason),
+                        logprobs: logprobs.filter(|l| !l.is_null()),
+                    }),
+                    None | Some(Seen::Null) => Ok(Choice {
+                        content,
+                        finish_reason: None,
+                        logprobs: logprobs.filter(|l| !l.is_null()),
+                    }),
+                    Some(_) => Err("a `finish_reason` is not a string"),
+                },
+                Some(Seen::Message(Err(reason))) => Err(reason),
+                _ => Err(NO_MESSAGE),
+            }),
+            _ => Seen::Other,
+        })
     }
 }
 
