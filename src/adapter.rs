@@ -239,10 +239,8 @@ impl Filter {
                         continue;
                     }
                     self.replied = true;
-                    let headers: Vec<(&str, &str)> = headers
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str()))
-                        .collect();
+                    let headers: Vec<(&str, &str)> =
+                        headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
                     if let Err(status) =
                         hostcalls::send_http_response(u32::from(status), headers, Some(&body))
                     {
@@ -404,7 +402,7 @@ impl HttpContext for Filter {
                 map.extend(
                     headers
                         .iter()
-                        .map(|(name, value)| (name.as_str(), value.as_bytes())),
+                        .map(|(name, value)| (*name, value.as_bytes())),
                 );
                 if let Err(status) = hostcalls::set_map_bytes(MapType::HttpResponseHeaders, map) {
                     error!("looper: the stream's headers were refused: {status:?}");

@@ -49,6 +49,9 @@ pub enum Flow {
     Pause,
 }
 
+/// A header of the gateway's own reply or stream: every name is the gateway's.
+pub type ReplyHeader = (&'static str, String);
+
 /// What the exchange asks of the host.
 #[derive(Debug, PartialEq)]
 pub enum Command {
@@ -77,7 +80,7 @@ pub enum Command {
     /// A local reply; the adapter sends at most one.
     Reply {
         status: u16,
-        headers: Vec<(String, String)>,
+        headers: Vec<ReplyHeader>,
         body: Vec<u8>,
     },
     Count(MetricId),
@@ -148,7 +151,7 @@ pub enum ResponseHead {
     /// The answer streams: the response headers become `:status`, `date` and these (the
     /// upstream's others could reveal the provider), and each body chunk goes through
     /// [`Exchange::on_response_body`].
-    Stream { headers: Vec<(String, String)> },
+    Stream { headers: Vec<ReplyHeader> },
     /// The final call failed before any byte: the exchange queued a [`Command::Reply`]
     /// (the recipe's fallback) that replaces the upstream's response.
     Replaced,
@@ -539,8 +542,8 @@ impl Exchange {
         let config = Rc::clone(self.gateway.config());
         let metrics = self.gateway.metrics();
         let mut headers = looper_headers(&config, running, now.since(self.started));
-        headers.push(("content-type".to_string(), "text/event-stream".to_string()));
-        headers.push(("cache-control".to_string(), "no-cache".to_string()));
+        headers.push(("content-type", "text/event-stream".to_string()));
+        headers.push(("cache-control", "no-cache".to_string()));
         let virtual_name = config
             .virtual_models
             .get(running.virtual_index)
@@ -831,7 +834,7 @@ impl Exchange {
                 }
                 if running.request.stream() {
                     let body = sse::encode(&completion, running.request.include_usage(), trace);
-                    headers.push(("cache-control".to_string(), "no-cache".to_string()));
+                    headers.push(("cache-control", "no-cache".to_string()));
                     self.reply(200, headers, body, "text/event-stream");
                 } else {
                     let body = completion.to_json(trace);
@@ -868,7 +871,7 @@ impl Exchange {
     fn reply(
         &mut self,
         status: u16,
-        mut headers: Vec<(String, String)>,
+        mut headers: Vec<ReplyHeader>,
         body: Vec<u8>,
         content_type: &str,
     ) {
@@ -880,11 +883,11 @@ impl Exchange {
         // Calls the host has not started yet are no longer wanted.
         self.commands
             .retain(|command| !matches!(command, Command::HttpCall { .. }));
-        headers.insert(0, ("content-type".to_string(), content_type.to_string()));
+        headers.insert(0, ("content-type", content_type.to_string()));
         if matches!(status, 429 | 503) {
             // The gateway's own back-off answers (every upstream rate limited, load shed).
             let seconds = self.gateway.config().limits.retry_after_s;
-            headers.push(("retry-after".to_string(), seconds.to_string()));
+            headers.push(("retry-after", seconds.to_string()));
         }
         let metrics = self.gateway.metrics();
         self.commands
@@ -906,7 +909,7 @@ fn credential_of(upstream: &UpstreamModel) -> Option<(String, Secret)> {
 }
 
 /// The `x-looper-*` headers of a reply: what ran, why, and at what cost.
-fn looper_headers(config: &Config, running: &Running, latency_ms: u64) -> Vec<(String, String)> {
+fn looper_headers(config: &Config, running: &Running, latency_ms: u64) -> Vec<ReplyHeader> {
     let runtime = running.looper.runtime();
     let recipe = runtime.recipe();
     let virtual_name = config
@@ -919,26 +922,14 @@ fn looper_headers(config: &Config, running: &Running, latency_ms: u64) -> Vec<(S
         .and_then(|(id, route)| Some((config.router(*id)?, route)));
     let decision = router.map_or("pinned", |(router, route)| router.decision_name(route));
     let mut headers = vec![
-        ("x-looper-model".to_string(), virtual_name.to_string()),
-        ("x-looper-decision".to_string(), decision.to_string()),
-        ("x-looper-recipe".to_string(), recipe.name.clone()),
-        (
-            "x-looper-algorithm".to_string(),
-            recipe.algorithm.name().to_string(),
-        ),
-        (
-            "x-looper-calls".to_string(),
-            runtime.calls_started().to_string(),
-        ),
-        (
-            "x-looper-models".to_string(),
-            runtime.models_used().join(","),
-        ),
-        ("x-looper-latency-ms".to_string(), latency_ms.to_string()),
-        (
-            "x-looper-cost".to_string(),
-            format!("{:.8}", runtime.cost()),
-        ),
+        ("x-looper-model", virtual_name.to_string()),
+        ("x-looper-decision", decision.to_string()),
+        ("x-looper-recipe", recipe.name.clone()),
+        ("x-looper-algorithm", recipe.algorithm.name().to_string()),
+        ("x-looper-calls", runtime.calls_started().to_string()),
+        ("x-looper-models", runtime.models_used().join(",")),
+        ("x-looper-latency-ms", latency_ms.to_string()),
+        ("x-looper-cost", format!("{:.8}", runtime.cost())),
     ];
     if let Some((router, route)) = router {
         let bands: Vec<String> = router
@@ -946,28 +937,22 @@ fn looper_headers(config: &Config, running: &Running, latency_ms: u64) -> Vec<(S
             .map(|(p, band)| format!("{p}={band}"))
             .collect();
         if !bands.is_empty() {
-            headers.push(("x-looper-bands".to_string(), bands.join(",")));
+            headers.push(("x-looper-bands", bands.join(",")));
         }
         let fired: Vec<&str> = router.fired_names(route).collect();
         if !fired.is_empty() {
-            headers.push(("x-looper-signals".to_string(), fired.join(",")));
+            headers.push(("x-looper-signals", fired.join(",")));
         }
     }
     if let Some(confidence) = runtime.confidence() {
-        headers.push((
-            "x-looper-confidence".to_string(),
-            format!("{confidence:.3}"),
-        ));
+        headers.push(("x-looper-confidence", format!("{confidence:.3}")));
     }
     let abandoned = runtime.abandoned_calls();
     if abandoned > 0 {
-        headers.push((
-            "x-looper-abandoned-calls".to_string(),
-            abandoned.to_string(),
-        ));
+        headers.push(("x-looper-abandoned-calls", abandoned.to_string()));
     }
     if running.degraded {
-        headers.push(("x-looper-degraded".to_string(), "overload".to_string()));
+        headers.push(("x-looper-degraded", "overload".to_string()));
     }
     headers
 }

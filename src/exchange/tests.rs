@@ -41,6 +41,13 @@ fn head<'a>(method: &'a str, path: &'a str) -> RequestHead<'a> {
 }
 
 type Headers = Vec<(String, String)>;
+
+fn owned(headers: Vec<ReplyHeader>) -> Headers {
+    headers
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect()
+}
 /// A dispatched call: id, cluster, headers, JSON body, timeout.
 type Dispatched = (CallId, String, Headers, Value, u64);
 
@@ -102,7 +109,7 @@ fn drain(gw: &Gateway, ex: &mut Exchange) -> Drained {
                 body,
             } => {
                 assert!(d.reply.is_none(), "two replies");
-                d.reply = Some((status, headers, body));
+                d.reply = Some((status, owned(headers), body));
             }
             Command::Count(id) => d.counts.push(gw.metrics().defs()[id.0].name.clone()),
             Command::Add(id, n) => {
@@ -938,6 +945,7 @@ fn the_synthesis_of_a_streaming_request_is_forwarded_and_its_stream_rewritten() 
     let ResponseHead::Stream { headers: set } = ex.on_response_headers(200, true, T0) else {
         panic!("not streamed");
     };
+    let set = owned(set);
     assert_eq!(header(&set, "content-type"), Some("text/event-stream"));
     assert_eq!(header(&set, "x-looper-calls"), Some("3"));
     assert!(ex.rewrites_response());
