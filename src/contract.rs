@@ -53,11 +53,6 @@ impl Contract {
         }
     }
 
-    /// Whether prompts get an instruction (see [`Contract::instruction`]).
-    pub fn has_instruction(&self) -> bool {
-        !matches!(self, Contract::Text)
-    }
-
     /// The instruction appended to prompts; `None` for free text.
     pub fn instruction(&self) -> Option<String> {
         match self {
@@ -590,28 +585,6 @@ mod tests {
 
     fn value(contract: &Contract, text: &str) -> Option<String> {
         contract.extract(text).map(|e| e.value)
-    }
-
-    #[test]
-    fn has_instruction_agrees_with_instruction() {
-        let contracts = [
-            choice(),
-            Contract::Exact,
-            Contract::Code { language: None },
-            Contract::Code {
-                language: Some("rust".into()),
-            },
-            Contract::Json {
-                required_keys: Vec::new(),
-            },
-            Contract::Json {
-                required_keys: vec!["a".into()],
-            },
-            Contract::Text,
-        ];
-        for contract in contracts {
-            assert_eq!(contract.has_instruction(), contract.instruction().is_some());
-        }
     }
 
     #[test]

@@ -31,7 +31,9 @@ enum Choices {
     /// The upstream's text, spliced into the reply as it is.
     AsSent {
         text: Box<RawValue>,
-        /// Some choice carries logprobs (to clear when the client did not ask for them).
+        /// Some choice carries logprobs (to set to null when the client did not ask for
+        /// them). A choice the upstream sent without the key goes out without it: adding it
+        /// would mean parsing and serialising every answer's choices again.
         logprobs: bool,
     },
     Values(Vec<Value>),
@@ -93,7 +95,8 @@ impl FinalCompletion {
         }
     }
 
-    /// Sets token logprobs to null in every choice (they were requested by the gateway).
+    /// Sets token logprobs to null in every choice when some choice carries them (they were
+    /// requested by the gateway); choices as sent otherwise.
     pub fn clear_logprobs(&mut self) {
         if let Choices::AsSent {
             logprobs: false, ..
@@ -211,6 +214,11 @@ mod tests {
         assert_eq!(value["choices"][0]["message"]["content"], "B");
         assert_eq!(value["choices"][1]["logprobs"], Value::Null);
         assert_eq!(value["choices"][1]["message"]["content"], "C");
+        // Choices without logprobs go out as the upstream sent them, the key absent included.
+        let mut completion = final_of(r#"[{"message": {"content": "B"}}]"#);
+        completion.clear_logprobs();
+        let value: Value = serde_json::from_slice(&completion.to_json(None)).unwrap();
+        assert!(value["choices"][0].get("logprobs").is_none());
         // Kept when the client asked for them.
         let completion = final_of(choices);
         let value: Value = serde_json::from_slice(&completion.to_json(None)).unwrap();

@@ -51,12 +51,15 @@ impl ChatRequest {
     pub fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
         let TopLevel { fields, messages } = match serde_json::from_slice::<TopLevel>(bytes) {
             Ok(top) => top,
-            // The only type the reader insists on is the top-level object.
+            // The only type the reader insists on is the top-level object; it refuses any
+            // other before reading it, so whether that value is JSON is checked apart.
             Err(err) if err.is_data() => {
-                return Err(ApiError::invalid_request(
-                    "the request body must be a JSON object",
-                    None,
-                ))
+                return Err(match serde_json::from_slice::<IgnoredAny>(bytes) {
+                    Ok(_) => {
+                        ApiError::invalid_request("the request body must be a JSON object", None)
+                    }
+                    Err(err) => ApiError::invalid_json(err),
+                })
             }
             Err(err) => return Err(ApiError::invalid_json(err)),
         };
@@ -159,7 +162,8 @@ impl ChatRequest {
     /// A top-level field of the client's body (`messages` is parsed on first use).
     pub fn field(&self, key: &str) -> Option<&Value> {
         if key == "messages" {
-            // Text the validation read is JSON; `Null` cannot happen but is no panic.
+            // The check read this text as a parse does, so it parses; were it not to, the
+            // gateway would see no messages, never panic.
             return Some(self.messages.get_or_init(|| {
                 serde_json::from_str(self.messages_text.get()).unwrap_or_default()
             }));
@@ -328,10 +332,11 @@ impl Edited<'_> {
 
 /// Checks the client's `messages` as OpenAI would, reading the text without building it.
 fn validate_messages(messages: &RawValue) -> Result<(), ApiError> {
+    // The skim that cut the text out checks less than a parse (escapes, number range,
+    // depth): this reading is the one that refuses what a parse would.
     let seen = Check(Expect::Messages)
         .deserialize(&mut serde_json::Deserializer::from_str(messages.get()))
-        // The text was read as JSON already.
-        .unwrap_or(Seen::Other);
+        .map_err(ApiError::invalid_json)?;
     let fault = match seen {
         Seen::Messages { count: 0, .. } => {
             return Err(ApiError::invalid_request(
@@ -461,19 +466,6 @@ impl Seen {
 
 struct Check(Expect);
 
-/// What a message's `content` is, from its JSON text.
-fn content_of(text: &RawValue) -> Seen {
-    match text.get().as_bytes().first() {
-        Some(b'"') => Seen::Text(None),
-        Some(b'n') => Seen::Null,
-        // The text was read as JSON already.
-        Some(b'[') => Check(Expect::Content)
-            .deserialize(&mut serde_json::Deserializer::from_str(text.get()))
-            .unwrap_or(Seen::Other),
-        _ => Seen::Other,
-    }
-}
-
 impl<'de> DeserializeSeed<'de> for Check {
     type Value = Seen;
 
@@ -514,8 +506,10 @@ impl<'de> Visitor<'de> for Check {
         let element = match self.0 {
             Expect::Messages => Expect::Message,
             Expect::Content => Expect::Part,
+            // Skipped values are still read as a parse into a tree would read them (escapes,
+            // number range, nesting depth), so the tree built later cannot fail.
             _ => {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                while seq.next_element_seed(Check(Expect::Any))?.is_some() {}
                 return Ok(Seen::Other);
             }
         };
@@ -555,15 +549,14 @@ impl<'de> Visitor<'de> for Check {
                     first = Some(map.next_value_seed(Check(Expect::Any))?);
                 }
                 Some(_) => {
-                    second = Some(match self.0 {
-                        // Content text is the bulk of a request: skimmed as raw text, it is
-                        // not copied out of its escapes as a visited string would be.
-                        Expect::Message => content_of(map.next_value::<&'de RawValue>()?),
-                        _ => map.next_value_seed(Check(Expect::Any))?,
-                    });
+                    let expect = match self.0 {
+                        Expect::Message => Expect::Content,
+                        _ => Expect::Any,
+                    };
+                    second = Some(map.next_value_seed(Check(expect))?);
                 }
                 None => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value_seed(Check(Expect::Any))?;
                 }
             }
         }
@@ -727,9 +720,61 @@ mod tests {
         // The sub-call carries the text, with the other fields in key order around it.
         let sub = String::from_utf8(r.upstream_body("u", &[])).unwrap();
         assert_eq!(sub, format!(r#"{{"messages":{text},"model":"u"}}"#));
-        let body = br#"{"temperature": 1, "messages": [{"role": "user", "content": "x"}], "a": 2}"#;
-        let r = ChatRequest::parse(body).unwrap_err();
-        assert_eq!(r.param.as_deref(), Some("model"));
+        let text = r#"[{"role": "user", "content": "x"}]"#;
+        let body = format!(r#"{{"temperature": 1, "messages": {text}, "a": 2, "model": "v"}}"#);
+        let r = ChatRequest::parse(body.as_bytes()).unwrap();
+        let sub = String::from_utf8(r.upstream_body("u", &[])).unwrap();
+        assert_eq!(
+            sub,
+            format!(r#"{{"a":2,"messages":{text},"model":"u","temperature":1}}"#)
+        );
+    }
+
+    #[test]
+    fn what_a_parse_refuses_is_refused() {
+        // A skim lets these through; the check reads every value as a parse would, so the
+        // tree the router and the prompts read later is always there.
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let bodies = [
+            r#"{"model": "m", "messages": [{"role": "user", "content": "\ud83d"}]}"#.to_string(),
+            r#"{"model": "m", "messages": [{"role": "\ud83d", "content": "x"}]}"#.to_string(),
+            r#"{"model": "m", "messages": [{"role": "user", "content": "x", "name": "\udc00"}]}"#
+                .to_string(),
+            r#"{"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "\ud83d"}]}]}"#
+                .to_string(),
+            r#"{"model": "m", "messages": [{"role": "user", "content": "x", "w": 1e400}]}"#.to_string(),
+            r#"{"model": "m", "messages": [{"role": "user", "content": "x"}, 1e400]}"#.to_string(),
+            format!(r#"{{"model": "m", "messages": [{{"role": "user", "content": "x", "d": {deep}}}]}}"#),
+            format!(r#"{{"model": "m", "messages": [{{"role": "user", "content": {deep}}}]}}"#),
+        ];
+        for body in bodies {
+            assert!(serde_json::from_str::<Value>(&body).is_err(), "{body}");
+            let err = ChatRequest::parse(body.as_bytes()).unwrap_err();
+            assert_eq!(err.code, Some("invalid_json"), "{body}");
+        }
+        // A body that is not JSON at all is invalid JSON, not a non-object.
+        for bytes in [&b"[1,"[..], b"null x", b"\"a"] {
+            assert_eq!(
+                ChatRequest::parse(bytes).unwrap_err().code,
+                Some("invalid_json")
+            );
+        }
+        for bytes in [&b"[1]"[..], b"null", b"\"a\""] {
+            let err = ChatRequest::parse(bytes).unwrap_err();
+            assert_eq!(err.code, None);
+            assert!(
+                err.message.contains("must be a JSON object"),
+                "{}",
+                err.message
+            );
+        }
+        // A surrogate pair is a character.
+        let r = ChatRequest::parse(
+            r#"{"model": "m", "messages": [{"role": "user", "content": "\ud83d\ude00"}]}"#
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.field("messages").unwrap()[0]["content"], "😀");
     }
 
     #[test]

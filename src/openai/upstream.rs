@@ -98,11 +98,14 @@ pub fn parse_completion(bytes: &[u8]) -> Result<UpstreamCompletion, InvalidRespo
     let Some(choices_text) = top.choices else {
         return invalid("`choices` is missing");
     };
-    // The text is JSON already checked by the first pass; this pass builds only what the
-    // gateway reads.
-    let read = Read(Expect::Choices)
+    // The first pass cut the text out; this one builds only what the gateway reads.
+    let read = match Read(Expect::Choices)
         .deserialize(&mut serde_json::Deserializer::from_str(choices_text.get()))
-        .unwrap_or(Seen::Other);
+    {
+        Ok(read) => read,
+        // What the skim let through and a parse would not (escapes, numbers, depth).
+        Err(_) => return invalid("body is not valid JSON"),
+    };
     let Seen::Choices(choices) = read else {
         return invalid("`choices` is missing");
     };
@@ -242,8 +245,10 @@ impl<'de> Visitor<'de> for Read {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Seen, A::Error> {
+        // Skipped values are still read as a parse into a tree would read them (escapes,
+        // number range, nesting depth): the reply's stream parses these choices again.
         let Expect::Choices = self.0 else {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            while seq.next_element_seed(Read(Expect::Any))?.is_some() {}
             return Ok(Seen::Array);
         };
         let mut choices = Vec::with_capacity(seq.size_hint().unwrap_or(1));
@@ -277,7 +282,7 @@ impl<'de> Visitor<'de> for Read {
                 // A choice's `finish_reason`, or a message's `content`.
                 (_, Some(_)) => finish_reason = Some(map.next_value_seed(Read(Expect::Any))?),
                 (_, None) => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value_seed(Read(Expect::Any))?;
                 }
             }
         }
@@ -288,19 +293,20 @@ impl<'de> Visitor<'de> for Read {
                 Some(_) => Err("a message `content` is neither text nor null"),
             }),
             Expect::Choice => Seen::Choice(match message {
-                Some(Seen::Message(Ok(content))) => match finish_reason {
-                    Some(Seen::Text(reason)) => Ok(Choice {
+                Some(Seen::Message(Ok(content))) => {
+                    let finish_reason = match finish_reason {
+                        Some(Seen::Text(reason)) => Some(reason),
+                        None | Some(Seen::Null) => None,
+                        Some(_) => {
+                            return Ok(Seen::Choice(Err("a `finish_reason` is not a string")))
+                        }
+                    };
+                    Ok(Choice {
                         content,
-                        finish_reason: Some(reason),
+                        finish_reason,
                         logprobs: logprobs.filter(|l| !l.is_null()),
-                    }),
-                    None | Some(Seen::Null) => Ok(Choice {
-                        content,
-                        finish_reason: None,
-                        logprobs: logprobs.filter(|l| !l.is_null()),
-                    }),
-                    Some(_) => Err("a `finish_reason` is not a string"),
-                },
+                    })
+                }
                 Some(Seen::Message(Err(reason))) => Err(reason),
                 _ => Err(NO_MESSAGE),
             }),
@@ -472,6 +478,27 @@ mod tests {
         }
         let c = parse_completion(br#"{"choices": [{"message": {"role": "assistant"}}]}"#).unwrap();
         assert_eq!(c.content(), None);
+    }
+
+    #[test]
+    fn what_a_parse_refuses_in_choices_fails_the_call() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let usage = r#""usage": {"prompt_tokens": 1, "completion_tokens": 1}"#;
+        let bodies = [
+            format!(r#"{{"choices": [{{"message": {{"content": "\ud83d"}}}}], {usage}}}"#),
+            format!(
+                r#"{{"choices": [{{"message": {{"content": "x", "tool_calls": ["\udc00"]}}}}], {usage}}}"#
+            ),
+            format!(r#"{{"choices": [{{"message": {{"content": "x"}}, "x": 1e400}}], {usage}}}"#),
+            format!(r#"{{"choices": [{{"message": {{"content": "x"}}, "x": {deep}}}], {usage}}}"#),
+            format!(r#"{{"choices": [{{"message": {{"content": "x"}}}}, {deep}], {usage}}}"#),
+        ];
+        for body in bodies {
+            assert!(serde_json::from_str::<Value>(&body).is_err(), "{body}");
+            let err = parse_completion(body.as_bytes()).unwrap_err();
+            assert_eq!(err.reason, "body is not valid JSON", "{body}");
+            assert_eq!(err.usage.unwrap().total_tokens, 2, "{body}");
+        }
     }
 
     #[test]
