@@ -398,22 +398,14 @@ enum Expect {
     Any,
 }
 
-/// The words the check compares strings with: the roles, and a part's `text` type.
-const WORDS: &[&str] = &[
-    "system",
-    "developer",
-    "user",
-    "assistant",
-    "tool",
-    "function",
-    "text",
-];
+/// A content part's type whose `text` must be a string.
+const TEXT_PART: &str = "text";
 
 /// What was found where something was expected. One visitor reads every level, so the
 /// module holds one copy of the JSON reader for it.
 enum Seen {
     Null,
-    /// A string, and the one of [`WORDS`] it equals.
+    /// A string, and the one of [`ROLES`] or [`TEXT_PART`] it equals.
     Text(Option<&'static str>),
     Messages {
         count: usize,
@@ -499,7 +491,12 @@ impl<'de> Visitor<'de> for Check {
         Ok(Seen::Other)
     }
     fn visit_str<E>(self, text: &str) -> Result<Seen, E> {
-        Ok(Seen::Text(WORDS.iter().copied().find(|word| *word == text)))
+        let word = ROLES
+            .iter()
+            .copied()
+            .chain([TEXT_PART])
+            .find(|word| *word == text);
+        Ok(Seen::Text(word))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Seen, A::Error> {
@@ -576,7 +573,7 @@ impl<'de> Visitor<'de> for Check {
             },
             Expect::Part => Seen::Part {
                 ok: match first {
-                    Some(Seen::Text(Some("text"))) => matches!(second, Some(Seen::Text(_))),
+                    Some(Seen::Text(Some(TEXT_PART))) => matches!(second, Some(Seen::Text(_))),
                     Some(Seen::Text(_)) => true,
                     _ => false,
                 },
