@@ -357,7 +357,7 @@ impl Exchange {
             return Flow::Pause;
         }
         let body = std::mem::take(&mut buffering.body);
-        self.start(&body, now)
+        self.start(&body, &scan, now)
     }
 
     /// Request trailers end the body (HTTP/2, chunked encoding with trailers): the last body
@@ -380,8 +380,23 @@ impl Exchange {
     }
 
     /// The whole body is here: parse, choose the virtual model, start the looper.
-    fn start(&mut self, body: &[u8], now: Millis) -> Flow {
-        let request = match ChatRequest::parse(body) {
+    fn start(&mut self, body: &[u8], scan: &Scan, now: Millis) -> Flow {
+        // The scan found the model before the parse, so the messages can be built while they
+        // are checked when what runs next reads them. Routers read them for their signals.
+        let build_messages = match scan {
+            Scan::Model(name) => {
+                let config = self.gateway.config();
+                match config.virtual_model(name).map(|v| v.target) {
+                    Some(Target::Router(_)) => true,
+                    Some(Target::Recipe(id)) => {
+                        config.recipe(id).is_some_and(|r| r.reads_messages())
+                    }
+                    None => false,
+                }
+            }
+            _ => false,
+        };
+        let request = match ChatRequest::parse_with(body, build_messages) {
             Ok(r) => r,
             Err(err) => {
                 self.reply_error(&err);
@@ -987,8 +1002,9 @@ fn supports(algorithm: &Algorithm, request: &ChatRequest) -> Result<(), ApiError
 
 /// An error body with top-level fields added next to `error`.
 fn with_fields(error_body: &[u8], fields: Vec<(&str, serde_json::Value)>) -> Vec<u8> {
-    match serde_json::from_slice::<serde_json::Value>(error_body) {
-        Ok(serde_json::Value::Object(mut obj)) => {
+    let parsed = std::str::from_utf8(error_body).map(serde_json::from_str::<serde_json::Value>);
+    match parsed {
+        Ok(Ok(serde_json::Value::Object(mut obj))) => {
             for (key, value) in fields {
                 obj.insert(key.into(), value);
             }

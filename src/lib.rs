@@ -16,6 +16,7 @@ pub mod model_scan;
 pub mod openai;
 pub mod prompt;
 pub mod router;
+pub mod stable_sort;
 pub mod template;
 pub mod time;
 pub mod vote;

@@ -186,22 +186,27 @@ impl ModelScanner {
                 }
             }
             Capture::Key => {
-                self.key_is_model = !self.overflow
-                    && serde_json::from_slice::<String>(&self.raw).is_ok_and(|k| k == "model");
+                self.key_is_model =
+                    !self.overflow && json_string(&self.raw).is_some_and(|k| k == "model");
                 self.expect = Expect::Colon;
             }
             Capture::Model => {
                 self.result = if self.overflow {
                     Scan::LongModel
                 } else {
-                    match serde_json::from_slice::<String>(&self.raw) {
-                        Ok(model) => Scan::Model(model),
-                        Err(_) => Scan::Unknown,
+                    match json_string(&self.raw) {
+                        Some(model) => Scan::Model(model),
+                        None => Scan::Unknown,
                     }
                 };
             }
         }
     }
+}
+
+/// A JSON string's value, from its quoted text.
+fn json_string(raw: &[u8]) -> Option<String> {
+    serde_json::from_str(std::str::from_utf8(raw).ok()?).ok()
 }
 
 #[cfg(test)]

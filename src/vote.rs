@@ -92,7 +92,9 @@ pub fn plurality(ballots: &[Ballot]) -> Option<Outcome> {
     let mut leaders: Vec<&Total> = totals.iter().filter(|t| same(t.weight, top)).collect();
     let tie_broken = leaders.len() > 1;
     // Stable: among equal strengths the first-seen answer stays first.
-    leaders.sort_by(|a, b| b.best_strength.total_cmp(&a.best_strength));
+    crate::stable_sort::sort_by(&mut leaders, |a, b| {
+        b.best_strength.total_cmp(&a.best_strength)
+    });
     let winner = leaders.first()?;
     let runner_up = totals
         .iter()

@@ -197,7 +197,10 @@ impl Config {
     /// Parses and validates the plugin configuration. `env` resolves credential environment
     /// variables (the adapter passes the VM's environment; tests pass a map).
     pub fn from_json(bytes: &[u8], env: &dyn Fn(&str) -> Option<String>) -> ConfigResult<Config> {
-        let value: Value = serde_json::from_slice(bytes)
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            ConfigError::new("", format!("not valid UTF-8 (at byte {})", e.valid_up_to()))
+        })?;
+        let value: Value = serde_json::from_str(text)
             .map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
         parse_config(&value, env)
     }
@@ -324,7 +327,7 @@ fn parse_config(value: &Value, env: &dyn Fn(&str) -> Option<String>) -> ConfigRe
                 .iter()
                 .filter_map(|v| v.name.split_once('/').map(|(ns, _)| format!("{ns}/")))
                 .collect();
-            derived.sort();
+            crate::stable_sort::sort_by(&mut derived, |a, b| a.cmp(b));
             derived.dedup();
             derived
         }

@@ -318,6 +318,23 @@ pub struct Recipe {
 }
 
 impl Recipe {
+    /// Whether running this recipe reads the client's messages as a tree (its own prompts,
+    /// the contract's instruction), so the request builds the tree while checking them
+    /// rather than after. A wrong answer costs time only: the tree is built when first read.
+    pub fn reads_messages(&self) -> bool {
+        let own_prompts = match &self.algorithm {
+            Algorithm::Single { .. } => false,
+            // The fallback method (always a verification) runs only for an answer without
+            // logprobs: then the tree is built when the verifier's prompt is.
+            Algorithm::Confidence(c) => matches!(
+                c.method,
+                ConfidenceMethod::SelfVerify | ConfidenceMethod::Automix
+            ),
+            _ => true,
+        };
+        own_prompts || !matches!(self.contract, Contract::Text)
+    }
+
     /// Sampling overrides for calls of `role`.
     pub fn role(&self, role: &str) -> Option<&RoleParams> {
         self.roles.iter().find(|(r, _)| r == role).map(|(_, p)| p)
@@ -578,7 +595,7 @@ fn parse_confidence(
                         m.price.input_per_million + m.price.output_per_million
                     })
                 };
-                candidates.sort_by(|a, b| price(a).total_cmp(&price(b)));
+                crate::stable_sort::sort_by(&mut candidates, |a, b| price(a).total_cmp(&price(b)));
             }
             _ => return Err(order.error("must be \"declared\" or \"price\"")),
         }

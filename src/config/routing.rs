@@ -595,7 +595,7 @@ fn parse_decisions(
         ));
     };
     // Stable: equal priorities keep their configured order.
-    decisions.sort_by_key(|d| std::cmp::Reverse(d.priority));
+    crate::stable_sort::sort_by(&mut decisions, |a, b| b.priority.cmp(&a.priority));
     if let Some(position) = decisions.iter().position(|d| d.when.is_none()) {
         if let Some(unreachable) = decisions.get(position + 1) {
             return Err(field.error(format!(

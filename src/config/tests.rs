@@ -251,6 +251,12 @@ fn not_json_is_a_root_error() {
     let err = Config::from_json(b"{nope", &env).unwrap_err();
     assert_eq!(err.path, "");
     assert!(err.to_string().contains("not valid JSON"));
+    let err = Config::from_json(b"{\"virtual_models\": \"\xff\"}", &env).unwrap_err();
+    assert_eq!(err.path, "");
+    assert!(
+        err.message.contains("not valid UTF-8 (at byte 20)"),
+        "{err}"
+    );
     let err = Config::from_json(b"[]", &env).unwrap_err();
     assert!(err.message.contains("an object"));
 }
@@ -625,4 +631,27 @@ fn a_bad_overload_policy_names_its_field() {
         v["limits"] = limits.clone();
         assert_eq!(error_path(&v), path, "{limits}");
     }
+}
+
+#[test]
+fn recipes_that_read_the_messages_build_them_at_parse() {
+    let reads = |recipe: Value| parse(&with_recipe(recipe)).unwrap().recipes[0].reads_messages();
+    assert!(!reads(json!({"algorithm": "single", "models": ["a"]})));
+    assert!(reads(json!({"algorithm": "single", "models": ["a"],
+        "contract": {"type": "choice", "options": "AB"}})));
+    let scored = json!({"algorithm": "confidence", "candidates": [{"model": "a"}]});
+    assert!(
+        !reads(scored),
+        "its fallback verifier builds them when it runs"
+    );
+    let verified = json!({"algorithm": "confidence", "method": "self_verify",
+        "candidates": [{"model": "a"}]});
+    assert!(reads(verified));
+    assert!(reads(
+        json!({"algorithm": "remom", "pool": [{"model": "a"}], "breadth_schedule": [2],
+        "synthesizer": "b"})
+    ));
+    assert!(reads(
+        json!({"algorithm": "ratings", "members": [{"model": "a"}]})
+    ));
 }

@@ -457,7 +457,7 @@ fn automix_score(completion: &UpstreamCompletion) -> Option<f64> {
 struct TokenLogprob {
     text: String,
     logprob: f64,
-    /// Logprobs of the alternatives offered, best first.
+    /// Logprobs of the alternatives offered, in the upstream's order (only their best is read).
     alternatives: Vec<(String, f64)>,
 }
 
@@ -476,7 +476,7 @@ fn token_logprobs(completion: &UpstreamCompletion) -> Option<Vec<TokenLogprob>> 
             if !logprob.is_finite() {
                 return None;
             }
-            let mut alternatives: Vec<(String, f64)> = t
+            let alternatives: Vec<(String, f64)> = t
                 .get("top_logprobs")
                 .and_then(Value::as_array)
                 .map(|alts| {
@@ -490,7 +490,6 @@ fn token_logprobs(completion: &UpstreamCompletion) -> Option<Vec<TokenLogprob>> 
                         .collect()
                 })
                 .unwrap_or_default();
-            alternatives.sort_by(|a, b| b.1.total_cmp(&a.1));
             let text = t.get("token")?.as_str()?;
             // llama.cpp's server lists the end-of-sequence token too, with no text and no
             // bytes: it is not part of the answer and would drag every whole-reply score down.

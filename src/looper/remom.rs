@@ -62,11 +62,10 @@ pub fn distribute(pool: &[PoolMember], distribution: Distribution, n: usize) -> 
                 .collect();
             let mut counts: Vec<usize> = exact.iter().map(|x| x.floor() as usize).collect();
             let assigned: usize = counts.iter().sum();
-            let mut order: Vec<usize> = (0..pool.len()).collect();
-            order.sort_by(|&a, &b| {
+            let order = crate::stable_sort::sorted_positions(pool.len(), &|a, b| {
                 let fa = exact.get(a).map_or(0.0, |x| x - x.floor());
                 let fb = exact.get(b).map_or(0.0, |x| x - x.floor());
-                fb.total_cmp(&fa).then(a.cmp(&b))
+                fb.total_cmp(&fa)
             });
             for &i in order.iter().take(n.saturating_sub(assigned)) {
                 if let Some(c) = counts.get_mut(i) {

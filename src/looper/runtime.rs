@@ -5,10 +5,11 @@
 
 use super::call::{CallId, CallOutcome, FailureKind};
 use crate::config::{Config, FailurePolicy, ModelId, Recipe};
+use crate::openai::json_text;
 use crate::openai::{ApiError, ChatRequest, Edit, UpstreamCompletion, Usage};
 use crate::prompt;
 use crate::time::Millis;
-use serde_json::value::{to_raw_value, RawValue};
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -553,7 +554,7 @@ impl Runtime {
         fallback_of: Option<CallId>,
     ) -> Result<CallId, Stop> {
         let own_messages = match &plan.messages {
-            Messages::Own(messages) => to_raw_value(&**messages).ok(),
+            Messages::Own(messages) => json_text::to_raw(messages),
             Messages::Client => None,
         };
         let (tokens, cost) = self.estimate(model, &plan, own_messages.as_deref());
@@ -618,8 +619,7 @@ impl Runtime {
             self.instructed_messages = match self.recipe.contract.instruction() {
                 Some(instruction) => {
                     let messages = self.request.field("messages").unwrap_or(&Value::Null);
-                    to_raw_value(&prompt::with_instruction(messages, Some(&instruction)))
-                        .ok()
+                    json_text::to_raw(&prompt::with_instruction(messages, Some(&instruction)))
                         .map(Rc::from)
                 }
                 None => Some(self.request.messages_text()),
@@ -637,7 +637,7 @@ impl Runtime {
         let upstream_model = upstream.upstream_model.clone();
         let (client, own) = match &plan.messages {
             Messages::Client => (self.instructed_messages(), None),
-            Messages::Own(m) => (None, own.or_else(|| to_raw_value(&**m).ok())),
+            Messages::Own(m) => (None, own.or_else(|| json_text::to_raw(m))),
         };
         let Some(messages) = client.as_deref().or(own.as_deref()) else {
             return Vec::new();

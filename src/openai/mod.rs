@@ -2,6 +2,7 @@
 
 pub mod completion;
 pub mod error;
+pub mod json_text;
 pub mod models;
 mod object_key;
 pub mod request;

@@ -49,12 +49,25 @@ impl ChatRequest {
     /// Parses and validates the fields the gateway relies on; everything else is kept as is.
     /// `messages` is checked without being built.
     pub fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
-        let TopLevel { fields, messages } = match serde_json::from_slice::<TopLevel>(bytes) {
+        ChatRequest::parse_with(bytes, false)
+    }
+
+    /// As [`ChatRequest::parse`]; with `build_messages`, the messages tree is built first and
+    /// checked as built, for a request whose recipe reads it (one reading of the text instead
+    /// of a check and a parse). The same requests are refused, with the same errors.
+    pub fn parse_with(bytes: &[u8], build_messages: bool) -> Result<ChatRequest, ApiError> {
+        // Checked once here, so every later read of the body (and of the parts cut from it)
+        // is of a `str`: one JSON reader in the module instead of one for bytes and one for
+        // text. JSON is UTF-8 throughout, so this refuses nothing a parse would accept.
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            ApiError::invalid_json(format_args!("invalid UTF-8 at byte {}", e.valid_up_to()))
+        })?;
+        let TopLevel { fields, messages } = match serde_json::from_str::<TopLevel>(text) {
             Ok(top) => top,
             // The only type the reader insists on is the top-level object; it refuses any
             // other before reading it, so whether that value is JSON is checked apart.
             Err(err) if err.is_data() => {
-                return Err(match serde_json::from_slice::<IgnoredAny>(bytes) {
+                return Err(match serde_json::from_str::<IgnoredAny>(text) {
                     Ok(_) => {
                         ApiError::invalid_request("the request body must be a JSON object", None)
                     }
@@ -84,7 +97,18 @@ impl ChatRequest {
                 Some("messages"),
             ));
         };
-        validate_messages(messages)?;
+        let tree = OnceCell::new();
+        if build_messages {
+            let value: Value =
+                serde_json::from_str(messages.get()).map_err(ApiError::invalid_json)?;
+            let seen = Check(Expect::Messages)
+                .deserialize(&value)
+                .map_err(ApiError::invalid_json)?;
+            refuse_messages(seen)?;
+            let _ = tree.set(value);
+        } else {
+            validate_messages(messages)?;
+        }
         let stream = match fields.get("stream") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -129,7 +153,7 @@ impl ChatRequest {
         Ok(ChatRequest {
             fields,
             messages_text: Rc::from(messages.to_owned()),
-            messages: OnceCell::new(),
+            messages: tree,
             body_len: bytes.len(),
             model,
             stream,
@@ -337,6 +361,11 @@ fn validate_messages(messages: &RawValue) -> Result<(), ApiError> {
     let seen = Check(Expect::Messages)
         .deserialize(&mut serde_json::Deserializer::from_str(messages.get()))
         .map_err(ApiError::invalid_json)?;
+    refuse_messages(seen)
+}
+
+/// The error for what the check saw in `messages`, if it refuses them.
+fn refuse_messages(seen: Seen) -> Result<(), ApiError> {
     let fault = match seen {
         Seen::Messages { count: 0, .. } => {
             return Err(ApiError::invalid_request(
@@ -589,7 +618,29 @@ mod tests {
     use serde_json::json;
 
     fn parse(v: Value) -> Result<ChatRequest, ApiError> {
-        ChatRequest::parse(v.to_string().as_bytes())
+        parse_both(v.to_string().as_bytes())
+    }
+
+    /// Parses with and without building the messages while checking them; both ways must
+    /// accept and refuse alike, with the same errors and the same messages read.
+    fn parse_both(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
+        let checked = ChatRequest::parse_with(bytes, false);
+        let built = ChatRequest::parse_with(bytes, true);
+        match (&checked, &built) {
+            (Err(a), Err(b)) => assert_eq!(a, b, "{}", String::from_utf8_lossy(bytes)),
+            (Ok(a), Ok(b)) => {
+                assert!(a.messages.get().is_none(), "checked only");
+                assert!(b.messages.get().is_some(), "built while checked");
+                assert_eq!(a.field("messages"), b.field("messages"));
+                assert_eq!(a.messages_text().get(), b.messages_text().get());
+                assert_eq!(a.upstream_body("u", &[]), b.upstream_body("u", &[]));
+            }
+            _ => panic!(
+                "one way accepts, the other refuses: {}",
+                String::from_utf8_lossy(bytes)
+            ),
+        }
+        built
     }
 
     fn user(text: &str) -> Value {
@@ -656,7 +707,7 @@ mod tests {
     #[test]
     fn malformed_json_and_non_objects_are_400() {
         for bytes in [&b"{"[..], b"[]", b"null", b"\xff\xfe", b""] {
-            let err = ChatRequest::parse(bytes).unwrap_err();
+            let err = parse_both(bytes).unwrap_err();
             assert_eq!(err.status, 400);
         }
     }
@@ -703,7 +754,7 @@ mod tests {
     fn messages_text_is_the_clients_own_text() {
         let text = r#"[ {"role":"user", "content":"caf\u00e9 \"quoted\"\n"} ]"#;
         let body = format!(r#"{{"messages": {text}, "model": "v", "tools": [{{"messages": 1}}]}}"#);
-        let r = ChatRequest::parse(body.as_bytes()).unwrap();
+        let r = parse_both(body.as_bytes()).unwrap();
         assert_eq!(r.messages_text().get(), text);
         let parsed: Value = serde_json::from_str(text).unwrap();
         assert_eq!(r.field("messages"), Some(&parsed));
@@ -711,7 +762,7 @@ mod tests {
         // last.
         let text = r#"[{"role": "user", "content": "a", "content": "b"}]"#;
         let body = format!(r#"{{"model": "v", "messages": {text}}}"#);
-        let r = ChatRequest::parse(body.as_bytes()).unwrap();
+        let r = parse_both(body.as_bytes()).unwrap();
         assert_eq!(r.messages_text().get(), text);
         assert_eq!(r.field("messages").unwrap()[0]["content"], "b");
         // The sub-call carries the text, with the other fields in key order around it.
@@ -719,7 +770,7 @@ mod tests {
         assert_eq!(sub, format!(r#"{{"messages":{text},"model":"u"}}"#));
         let text = r#"[{"role": "user", "content": "x"}]"#;
         let body = format!(r#"{{"temperature": 1, "messages": {text}, "a": 2, "model": "v"}}"#);
-        let r = ChatRequest::parse(body.as_bytes()).unwrap();
+        let r = parse_both(body.as_bytes()).unwrap();
         let sub = String::from_utf8(r.upstream_body("u", &[])).unwrap();
         assert_eq!(
             sub,
@@ -746,18 +797,15 @@ mod tests {
         ];
         for body in bodies {
             assert!(serde_json::from_str::<Value>(&body).is_err(), "{body}");
-            let err = ChatRequest::parse(body.as_bytes()).unwrap_err();
+            let err = parse_both(body.as_bytes()).unwrap_err();
             assert_eq!(err.code, Some("invalid_json"), "{body}");
         }
         // A body that is not JSON at all is invalid JSON, not a non-object.
         for bytes in [&b"[1,"[..], b"null x", b"\"a"] {
-            assert_eq!(
-                ChatRequest::parse(bytes).unwrap_err().code,
-                Some("invalid_json")
-            );
+            assert_eq!(parse_both(bytes).unwrap_err().code, Some("invalid_json"));
         }
         for bytes in [&b"[1]"[..], b"null", b"\"a\""] {
-            let err = ChatRequest::parse(bytes).unwrap_err();
+            let err = parse_both(bytes).unwrap_err();
             assert_eq!(err.code, None);
             assert!(
                 err.message.contains("must be a JSON object"),
@@ -766,7 +814,7 @@ mod tests {
             );
         }
         // A surrogate pair is a character.
-        let r = ChatRequest::parse(
+        let r = parse_both(
             r#"{"model": "m", "messages": [{"role": "user", "content": "\ud83d\ude00"}]}"#
                 .as_bytes(),
         )
@@ -784,7 +832,7 @@ mod tests {
             br#"{"model": "v", "messages": [{"role": "user", "content": "a"}],
             "m\u0065ssages": [{"role": "user", "content": "b"}]}"#,
         ] {
-            let r = ChatRequest::parse(body).unwrap();
+            let r = parse_both(body).unwrap();
             assert_eq!(
                 r.messages_text().get(),
                 r#"[{"role": "user", "content": "b"}]"#
@@ -794,7 +842,7 @@ mod tests {
         // The last is the one checked.
         let body = br#"{"model": "v", "messages": [{"role": "user", "content": "a"}],
             "messages": [{"role": "wizard", "content": "b"}]}"#;
-        let err = ChatRequest::parse(body).unwrap_err();
+        let err = parse_both(body).unwrap_err();
         assert_eq!(err.param.as_deref(), Some("messages[0].role"));
     }
 
@@ -812,10 +860,8 @@ mod tests {
             parse(json!({"model": "m", "messages": messages})).unwrap();
         }
         // Escapes are undone before a role is compared.
-        ChatRequest::parse(
-            br#"{"model": "m", "messages": [{"role": "us\u0065r", "content": "x"}]}"#,
-        )
-        .unwrap();
+        parse_both(br#"{"model": "m", "messages": [{"role": "us\u0065r", "content": "x"}]}"#)
+            .unwrap();
         let refused = [
             (json!([{"role": "user", "content": "x"}, 3]), "messages[1]"),
             (json!([{"role": "user", "content": "x"}, []]), "messages[1]"),
@@ -859,11 +905,21 @@ mod tests {
             let err = parse(json!({"model": "m", "messages": messages})).unwrap_err();
             assert_eq!(err.param.as_deref(), Some(param), "{messages}");
         }
-        let err = ChatRequest::parse(
+        let err = parse_both(
             b"{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"\xff\"}]}",
         )
         .unwrap_err();
         assert_eq!(err.code, Some("invalid_json"), "invalid UTF-8 in a message");
+        assert!(
+            err.message.contains("invalid UTF-8 at byte 57"),
+            "{}",
+            err.message
+        );
+        // In any other field too: the body is checked whole before it is read.
+        let err =
+            parse_both(b"{\"model\": \"m\", \"user\": \"\xc3\", \"messages\": []}").unwrap_err();
+        assert_eq!(err.code, Some("invalid_json"));
+        assert!(err.message.contains("at byte 24"), "{}", err.message);
     }
 
     #[test]

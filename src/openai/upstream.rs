@@ -67,11 +67,43 @@ impl UpstreamCompletion {
     pub fn finish_reason(&self) -> Option<&str> {
         self.choices.first()?.finish_reason.as_deref()
     }
+
+    /// Whether a part that reaches the client holds U+FFFD, the mark of a replaced byte.
+    fn keeps_replaced_bytes(&self) -> bool {
+        const REPLACEMENT: char = char::REPLACEMENT_CHARACTER;
+        self.choices_text.get().contains(REPLACEMENT)
+            || self
+                .carried
+                .iter()
+                .any(|(_, value)| value.to_string().contains(REPLACEMENT))
+    }
 }
 
 /// Parses a 2xx body into a completion.
 pub fn parse_completion(bytes: &[u8]) -> Result<UpstreamCompletion, InvalidResponse> {
-    let top = match serde_json::from_slice::<KeptFields>(bytes) {
+    // The body is read as a `str`, as every JSON the plugin reads: one JSON reader in the
+    // module instead of one for bytes and one for text.
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return parse_completion_text(text, bytes);
+    }
+    // Invalid bytes in a field the gateway skips do not spoil the answer, as nothing of that
+    // field is used; in what it keeps they do. Read with the bytes replaced, a replacement
+    // character in a kept part tells which (or, beside an invalid byte elsewhere, that the
+    // upstream sent one itself: refused too, which costs only a fallback).
+    let not_utf8 = || InvalidResponse {
+        reason: "body is not valid UTF-8",
+        usage: usage_in(bytes),
+    };
+    match parse_completion_text(&String::from_utf8_lossy(bytes), bytes) {
+        Ok(completion) if !completion.keeps_replaced_bytes() => Ok(completion),
+        Ok(_) => Err(not_utf8()),
+        Err(err) if err.reason == "body is not valid JSON" => Err(not_utf8()),
+        Err(err) => Err(err),
+    }
+}
+
+fn parse_completion_text(text: &str, bytes: &[u8]) -> Result<UpstreamCompletion, InvalidResponse> {
+    let top = match serde_json::from_str::<KeptFields>(text) {
         Ok(top) => top,
         Err(err) if err.is_data() => {
             return Err(InvalidResponse {
@@ -80,15 +112,8 @@ pub fn parse_completion(bytes: &[u8]) -> Result<UpstreamCompletion, InvalidRespo
             });
         }
         Err(_) => {
-            // A body that is JSON but for invalid UTF-8 bytes in a string still reports the
-            // tokens the upstream billed; the answer itself is not used.
-            let reason = if std::str::from_utf8(bytes).is_err() {
-                "body is not valid UTF-8"
-            } else {
-                "body is not valid JSON"
-            };
             return Err(InvalidResponse {
-                reason,
+                reason: "body is not valid JSON",
                 usage: usage_in(bytes),
             });
         }
@@ -337,7 +362,10 @@ pub fn is_context_overflow(bytes: &[u8]) -> bool {
         "exceeds the context window",
         "context_length_exceeded",
     ];
-    let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
+    let Some(value) = std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Value>(text).ok())
+    else {
         return false;
     };
     let error = match value.get("error") {
@@ -538,6 +566,30 @@ mod tests {
         // Invalid UTF-8 in a skipped field does not fail the call: nothing of it is used.
         let body = b"{\"id\": \"\xff\", \"choices\": [{\"message\": {\"content\": \"ok\"}}]}";
         assert_eq!(parse_completion(body).unwrap().content(), Some("ok"));
+        // ... nor does a replacement character the upstream sent itself, escaped or not.
+        let body = "{\"id\": \"\u{fffd}\", \"choices\": [{\"message\": {\"content\": \"\\ufffd \u{fffd}\"}}]}";
+        assert_eq!(
+            parse_completion(body.as_bytes()).unwrap().content(),
+            Some("\u{fffd} \u{fffd}")
+        );
+        // In a field that reaches the client it does, whatever the choices hold.
+        let body =
+            b"{\"service_tier\": \"\xff\", \"choices\": [{\"message\": {\"content\": \"ok\"}}]}";
+        assert_eq!(
+            parse_completion(body).unwrap_err().reason,
+            "body is not valid UTF-8"
+        );
+        let body = b"{\"id\": \"\xff\", \"choices\": [{\"message\": {\"content\": \"ok\", \"tool_calls\": \"\xfe\"}}]}";
+        assert_eq!(
+            parse_completion(body).unwrap_err().reason,
+            "body is not valid UTF-8"
+        );
+        let body = b"{\"id\": \"\xff\", \"choices\": [{\"message\": {\"content\": \"ok\"}}], \"usage\": {\"prompt_tokens\": 1, \"completion_tokens\": 2, \"total_tokens\": 3}";
+        let err = parse_completion(body).unwrap_err();
+        assert_eq!(
+            err.reason, "body is not valid UTF-8",
+            "broken JSON beside a broken byte"
+        );
         for not_object in [&b"[1, 2]"[..], b"\"text\"", b"3"] {
             let err = parse_completion(not_object).unwrap_err();
             assert_eq!(err.reason, "body is not a JSON object");
