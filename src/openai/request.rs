@@ -862,6 +862,30 @@ mod tests {
         // Escapes are undone before a role is compared.
         parse_both(br#"{"model": "m", "messages": [{"role": "us\u0065r", "content": "x"}]}"#)
             .unwrap();
+        // A key repeated inside a message: the last one is checked, read from the text or from
+        // the tree (which keeps only the last).
+        for accepted in [
+            r#"[{"role": "wizard", "role": "user", "content": "x"}]"#,
+            r#"[{"role": "user", "content": {"text": "x"}, "content": "later wins"}]"#,
+            r#"[{"role": "user", "content": [{"type": 1}], "content": [{"type": "text", "text": "t"}]}]"#,
+        ] {
+            let body = format!(r#"{{"model": "m", "messages": {accepted}}}"#);
+            parse_both(body.as_bytes()).unwrap();
+        }
+        for (refused, param) in [
+            (
+                r#"[{"role": "user", "role": "wizard", "content": "x"}]"#,
+                "messages[0].role",
+            ),
+            (
+                r#"[{"role": "user", "content": "x", "content": {"text": "x"}}]"#,
+                "messages[0].content",
+            ),
+        ] {
+            let body = format!(r#"{{"model": "m", "messages": {refused}}}"#);
+            let err = parse_both(body.as_bytes()).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(param), "{refused}");
+        }
         let refused = [
             (json!([{"role": "user", "content": "x"}, 3]), "messages[1]"),
             (json!([{"role": "user", "content": "x"}, []]), "messages[1]"),
