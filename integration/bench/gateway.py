@@ -437,6 +437,32 @@ def latency_c1(ports, requests):
     return result
 
 
+SWEEP_ROUTES = [("plain", "sim-a"), ("plugin", "bench/single"), ("plugin", "bench/remom-1x4"),
+                ("plugin", "bench/fusion-3")]
+
+
+def rate_sweep(bench, rates, reps):
+    """CPU per 1 KB request against the offered rate. At a low rate Envoy wakes for almost
+    every request, and the wake-up (epoll, timers, the VM's scheduler) is most of the bill; at
+    a higher one a wake-up serves several events. The grid's fixed rates price the first,
+    the published anchors the second. Medians over `reps` windows a route and rate; a window
+    whose latency shows the core saturated is kept and flagged."""
+    rows = []
+    for rate in rates:
+        for route, model in SWEEP_ROUTES:
+            windows = [bench.window(route, model, 1, rate, connections=16) for _ in range(reps)]
+            row = {"route": route, "model": model, "rate": rate,
+                   "cpu_us_per_request": median(windows, "cpu_us_per_request"),
+                   "achieved_rps": median(windows, "rps"),
+                   "p50_ms": median(windows, "p50_ms"),
+                   "legs": median(windows, "upstream_requests_per_request")}
+            row["saturated"] = row["achieved_rps"] < 0.97 * rate or row["p50_ms"] > 50
+            rows.append(row)
+            print(f"sweep {rate:5}/s {model:16} {row['cpu_us_per_request']:7.1f} µs"
+                  f"{'  (saturated)' if row['saturated'] else ''}", flush=True)
+    return rows
+
+
 def memory_in_flight(bench, seconds):
     """Little's law with the 50 ms model: in-flight = rate x latency; memory per in-flight
     request = the growth of Envoy's RSS (and of its heap) between a low and a high rate."""
@@ -522,6 +548,8 @@ def main():
     parser.add_argument("--latency-requests", type=int, default=2000,
                         help="c=1 requests per route")
     parser.add_argument("--skip-grid", action="store_true", help="latency and memory only")
+    parser.add_argument("--sweep-rates", default="300,1000,2000",
+                        help="offered rates for the CPU-against-rate sweep ('' to skip)")
     args = parser.parse_args()
 
     for tool in (ENVOY, SIM, WASM, OHA, FLOOR_WASM):
@@ -582,6 +610,9 @@ def main():
             if cells:
                 result["cost_model"] = fit_plugin(cells)
                 result["plain_cost_model"] = fit_plain(cells)
+            sweep_rates = [int(x) for x in args.sweep_rates.split(",") if x]
+            if sweep_rates:
+                result["rate_sweep"] = rate_sweep(bench, sweep_rates, args.reps)
             if not args.skip_memory:
                 result["memory"] = memory_in_flight(bench, max(args.seconds, 4))
             result["upstream_cx_total"] = envoy.counters(
@@ -628,6 +659,18 @@ def report(r):
             legs = f" + {m['per_leg_us']:.0f} µs/leg" if "per_leg_us" in m else ""
             print(f"cost model, {name}: {m['fixed_us']:.0f} µs{legs} + "
                   f"{m['per_kb_us']:.1f} µs/KB (R² {m['r2']:.3f})")
+    if r.get("rate_sweep"):
+        sweep = r["rate_sweep"]
+        rates = sorted({row["rate"] for row in sweep})
+        print("\n| CPU µs per 1 KB request at | " + " | ".join(f"{x}/s" for x in rates) + " |")
+        print("| --- |" + " --- |" * len(rates))
+        for _, model in SWEEP_ROUTES:
+            cells = []
+            for x in rates:
+                row = next((w for w in sweep if w["model"] == model and w["rate"] == x), None)
+                cells.append("" if row is None else f"{row['cpu_us_per_request']:.0f}"
+                             + (" (sat.)" if row["saturated"] else ""))
+            print(f"| {model} | " + " | ".join(cells) + " |")
     if "memory" in r:
         mem = r["memory"]
         print(f"memory per in-flight 8-leg request: {mem['rss_per_in_flight_kb']:.0f} KB RSS, "
