@@ -445,17 +445,21 @@ def rate_sweep(bench, rates, reps):
     """CPU per 1 KB request against the offered rate. At a low rate Envoy wakes for almost
     every request, and the wake-up (epoll, timers, the VM's scheduler) is most of the bill; at
     a higher one a wake-up serves several events. The grid's fixed rates price the first,
-    the published anchors the second. Medians over `reps` windows a route and rate; a window
-    whose latency shows the core saturated is kept and flagged."""
+    the published anchors the second. Medians over `reps` windows a route and rate, the
+    routes alternating as in the grid's pairs so that the machine's drift falls on all of
+    them; a window whose latency shows the core saturated is kept and flagged."""
     rows = []
     for rate in rates:
+        windows = {model: [] for _, model in SWEEP_ROUTES}
+        for _ in range(reps):
+            for route, model in SWEEP_ROUTES:
+                windows[model].append(bench.window(route, model, 1, rate, connections=16))
         for route, model in SWEEP_ROUTES:
-            windows = [bench.window(route, model, 1, rate, connections=16) for _ in range(reps)]
             row = {"route": route, "model": model, "rate": rate,
-                   "cpu_us_per_request": median(windows, "cpu_us_per_request"),
-                   "achieved_rps": median(windows, "rps"),
-                   "p50_ms": median(windows, "p50_ms"),
-                   "legs": median(windows, "upstream_requests_per_request")}
+                   "cpu_us_per_request": median(windows[model], "cpu_us_per_request"),
+                   "achieved_rps": median(windows[model], "rps"),
+                   "p50_ms": median(windows[model], "p50_ms"),
+                   "legs": median(windows[model], "upstream_requests_per_request")}
             row["saturated"] = row["achieved_rps"] < 0.97 * rate or row["p50_ms"] > 50
             rows.append(row)
             print(f"sweep {rate:5}/s {model:16} {row['cpu_us_per_request']:7.1f} µs"
@@ -540,7 +544,8 @@ def idle_and_start(boot, tmp, runs=3):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=3, help="length of one window")
-    parser.add_argument("--reps", type=int, default=2, help="plain/plugin window pairs a cell")
+    parser.add_argument("--reps", type=int, default=2,
+                        help="plain/plugin window pairs a grid cell; windows a sweep cell")
     parser.add_argument("--recipes", default=",".join(r for r, _ in GRID))
     parser.add_argument("--sizes", default=",".join(map(str, SIZES_KB)))
     parser.add_argument("--out", default=str(RESULTS))
