@@ -118,7 +118,7 @@ fn parse_completion_text(text: &str, bytes: &[u8]) -> Result<UpstreamCompletion,
             });
         }
     };
-    let usage = top.usage.as_ref().and_then(Usage::from_json);
+    let usage = top.usage.flatten();
     let invalid = |reason| Err(InvalidResponse { reason, usage });
     let Some(choices_text) = top.choices else {
         return invalid("`choices` is missing");
@@ -160,7 +160,8 @@ const KEPT_FIELDS: &[&str] = &["choices", "usage", "system_fingerprint", "servic
 /// parse into [`Value`] would.
 struct KeptFields<'a> {
     choices: Option<&'a RawValue>,
-    usage: Option<Value>,
+    /// Set when `usage` is there: the counts, or `None` when they are not a usage.
+    usage: Option<Option<Usage>>,
     carried: Vec<(&'static str, Value)>,
 }
 
@@ -183,7 +184,12 @@ impl<'de> Deserialize<'de> for KeptFields<'de> {
                 while let Some(key) = map.next_key_seed(KeyAmong(KEPT_FIELDS))? {
                     match key {
                         Some("choices") => kept.choices = Some(map.next_value()?),
-                        Some("usage") => kept.usage = Some(map.next_value()?),
+                        Some("usage") => {
+                            kept.usage = Some(match map.next_value_seed(Read(Expect::Usage))? {
+                                Seen::Usage(usage) => usage,
+                                _ => None,
+                            });
+                        }
                         Some(field) if CARRIED_FIELDS.contains(&field) => {
                             let value: Value = map.next_value()?;
                             kept.carried.retain(|(name, _)| *name != field);
@@ -203,12 +209,19 @@ impl<'de> Deserialize<'de> for KeptFields<'de> {
     }
 }
 
-/// What one level of `choices` is expected to be; everything else is only skimmed.
+/// What one level of `choices` or `usage` is expected to be; everything else is only
+/// skimmed.
 #[derive(Clone, Copy)]
 enum Expect {
     Choices,
     Choice,
     Message,
+    /// The `usage` object, read into counts as [`Usage::from_json`] reads a parsed one.
+    Usage,
+    /// `usage.prompt_tokens_details`, of which the gateway reads `cached_tokens`.
+    PromptDetails,
+    /// `usage.completion_tokens_details`, of which the gateway reads `reasoning_tokens`.
+    CompletionDetails,
     Any,
 }
 
@@ -224,6 +237,12 @@ enum Seen {
     Choice(Result<Choice, &'static str>),
     /// A message object and its text content.
     Message(Result<Option<String>, &'static str>),
+    /// A number a parsed tree would give as a `u64` (`Value::as_u64`).
+    Unsigned(u64),
+    /// What [`Usage::from_json`] would make of the same object.
+    Usage(Option<Usage>),
+    /// A `*_details` object and its count, if the key the gateway reads is one.
+    Detail(Option<u64>),
 }
 
 const NO_MESSAGE: &str = "a choice has no `message` object";
@@ -253,11 +272,12 @@ impl<'de> Visitor<'de> for Read {
     fn visit_bool<E>(self, _: bool) -> Result<Seen, E> {
         Ok(Seen::Other)
     }
-    fn visit_i64<E>(self, _: i64) -> Result<Seen, E> {
-        Ok(Seen::Other)
+    // A parsed tree holds a non-negative `i64` as an unsigned number.
+    fn visit_i64<E>(self, n: i64) -> Result<Seen, E> {
+        Ok(u64::try_from(n).map_or(Seen::Other, Seen::Unsigned))
     }
-    fn visit_u64<E>(self, _: u64) -> Result<Seen, E> {
-        Ok(Seen::Other)
+    fn visit_u64<E>(self, n: u64) -> Result<Seen, E> {
+        Ok(Seen::Unsigned(n))
     }
     fn visit_f64<E>(self, _: f64) -> Result<Seen, E> {
         Ok(Seen::Other)
@@ -290,6 +310,9 @@ impl<'de> Visitor<'de> for Read {
         let keys: &'static [&'static str] = match self.0 {
             Expect::Choice => &["message", "finish_reason", "logprobs"],
             Expect::Message => &["content"],
+            Expect::Usage => return read_usage(map),
+            Expect::PromptDetails => return read_detail(map, &["cached_tokens"]),
+            Expect::CompletionDetails => return read_detail(map, &["reasoning_tokens"]),
             _ => &[],
         };
         // Later keys win, as in a parsed object.
@@ -338,6 +361,87 @@ impl<'de> Visitor<'de> for Read {
             _ => Seen::Other,
         })
     }
+}
+
+/// The keys of `usage` the gateway reads.
+const USAGE_KEYS: &[&str] = &[
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "prompt_tokens_details",
+    "completion_tokens_details",
+];
+
+/// `usage` read straight into its counts, without building it as a tree first: what
+/// [`Usage::from_json`] accepts of the parsed object, and no usage for what it does not.
+/// Every value inside is still read as a parse reads it, so what a parse refuses fails the
+/// body as before.
+fn read_usage<'de, A: MapAccess<'de>>(mut map: A) -> Result<Seen, A::Error> {
+    let count = |seen| match seen {
+        Seen::Unsigned(n) => Some(n),
+        _ => None,
+    };
+    // Only an object has the count inside it.
+    let detail = |seen| match seen {
+        Seen::Detail(n) => n,
+        _ => None,
+    };
+    // `Some(None)`: the key is there but its value is not a count. Later keys win, as in a
+    // parsed object.
+    let mut prompt = None;
+    let mut completion = None;
+    let mut total = None;
+    let mut cached_tokens = None;
+    let mut reasoning_tokens = None;
+    while let Some(key) = map.next_key_seed(KeyAmong(USAGE_KEYS))? {
+        let expect = match key {
+            Some("prompt_tokens_details") => Expect::PromptDetails,
+            Some("completion_tokens_details") => Expect::CompletionDetails,
+            _ => Expect::Any,
+        };
+        let seen = map.next_value_seed(Read(expect))?;
+        match key {
+            Some("prompt_tokens") => prompt = Some(count(seen)),
+            Some("completion_tokens") => completion = Some(count(seen)),
+            Some("total_tokens") => total = Some(count(seen)),
+            Some("prompt_tokens_details") => cached_tokens = detail(seen),
+            Some("completion_tokens_details") => reasoning_tokens = detail(seen),
+            Some(_) | None => {}
+        }
+    }
+    let (Some(Some(prompt_tokens)), Some(Some(completion_tokens))) = (prompt, completion) else {
+        return Ok(Seen::Usage(None));
+    };
+    let total_tokens = match total {
+        Some(total) => total,
+        None => Some(prompt_tokens.saturating_add(completion_tokens)),
+    };
+    Ok(Seen::Usage(total_tokens.map(|total_tokens| Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens,
+        cached_tokens,
+        reasoning_tokens,
+    })))
+}
+
+/// The count under `key` (a one-name list) in a `*_details` object of `usage`, the last such
+/// key winning, as in a parsed object.
+fn read_detail<'de, A: MapAccess<'de>>(
+    mut map: A,
+    key: &'static [&'static str],
+) -> Result<Seen, A::Error> {
+    let mut count = None;
+    while let Some(found) = map.next_key_seed(KeyAmong(key))? {
+        let seen = map.next_value_seed(Read(Expect::Any))?;
+        if found.is_some() {
+            count = match seen {
+                Seen::Unsigned(n) => Some(n),
+                _ => None,
+            };
+        }
+    }
+    Ok(Seen::Detail(count))
 }
 
 /// The usage reported in any JSON body (error replies of some providers include it).
@@ -526,6 +630,96 @@ mod tests {
             let err = parse_completion(body.as_bytes()).unwrap_err();
             assert_eq!(err.reason, "body is not valid JSON", "{body}");
             assert_eq!(err.usage.unwrap().total_tokens, 2, "{body}");
+        }
+    }
+
+    #[test]
+    fn usage_is_read_as_from_json_reads_the_parsed_object() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let usages = [
+            r#"{"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}"#.to_string(),
+            r#"{"prompt_tokens": 3, "completion_tokens": 4}"#.into(),
+            r#"{"completion_tokens": 4, "prompt_tokens": 3, "total_tokens": 99}"#.into(),
+            r#"{"prompt_tokens": 3}"#.into(),
+            r#"{"completion_tokens": 3}"#.into(),
+            r#"{}"#.into(),
+            r#"{"prompt_tokens": -1, "completion_tokens": 4}"#.into(),
+            r#"{"prompt_tokens": -0, "completion_tokens": 0}"#.into(),
+            r#"{"prompt_tokens": 3.0, "completion_tokens": 4}"#.into(),
+            r#"{"prompt_tokens": 3e2, "completion_tokens": 4}"#.into(),
+            r#"{"prompt_tokens": 18446744073709551615, "completion_tokens": 1}"#.into(),
+            r#"{"prompt_tokens": 18446744073709551616, "completion_tokens": 1}"#.into(),
+            r#"{"prompt_tokens": "3", "completion_tokens": 4}"#.into(),
+            r#"{"prompt_tokens": null, "completion_tokens": 4}"#.into(),
+            r#"{"prompt_tokens": [3], "completion_tokens": {"n": 4}}"#.into(),
+            r#"{"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": "3"}"#.into(),
+            r#"{"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": null}"#.into(),
+            // Repeated keys: the last one counts, valid or not.
+            r#"{"prompt_tokens": "x", "prompt_tokens": 1, "completion_tokens": 2}"#.into(),
+            r#"{"prompt_tokens": 1, "prompt_tokens": "x", "completion_tokens": 2}"#.into(),
+            // Escaped keys are the same keys.
+            r#"{"prompt\u005ftokens": 5, "completion_tokens": 2}"#.into(),
+            // Details: counted only from an object, the last key and object winning.
+            r#"{"prompt_tokens": 9, "completion_tokens": 2,
+                "prompt_tokens_details": {"cached_tokens": 4, "audio_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 1, "x": [1, {"y": null}]}}"#
+                .into(),
+            r#"{"prompt_tokens": 9, "completion_tokens": 2, "prompt_tokens_details": 4,
+                "completion_tokens_details": [1]}"#
+                .into(),
+            r#"{"prompt_tokens": 9, "completion_tokens": 2, "prompt_tokens_details": null,
+                "completion_tokens_details": {"reasoning_tokens": -1}}"#
+                .into(),
+            r#"{"prompt_tokens": 9, "completion_tokens": 2,
+                "prompt_tokens_details": {"cached_tokens": 4, "cached_tokens": "x"},
+                "completion_tokens_details": {"reasoning_tokens": 1},
+                "completion_tokens_details": {"other": 1}}"#
+                .into(),
+            r#"{"prompt_tokens": 9, "completion_tokens": 2,
+                "prompt_tokens_details": {"cached_tokens": 4, "cached_tokens": 5}}"#
+                .into(),
+            // Other keys of any shape, as providers add them.
+            r#"{"prompt_tokens": 1, "completion_tokens": 1, "cost": 0.0012, "is_byok": false,
+                "server": {"tier": ["a", "b"], "n": -3}, "note": "caf\u00e9"}"#
+                .into(),
+            // Not an object: no usage.
+            "null".into(),
+            "1".into(),
+            r#""usage""#.into(),
+            r#"[{"prompt_tokens": 1, "completion_tokens": 1}]"#.into(),
+            "true".into(),
+            // What a parse refuses inside usage fails the body.
+            r#"{"prompt_tokens": 1, "completion_tokens": 1, "x": "\ud83d"}"#.into(),
+            r#"{"prompt_tokens": 1e400, "completion_tokens": 1}"#.into(),
+            r#"{"prompt_tokens": 1, "completion_tokens": 1, "d": {"cached_tokens": "\udc00"}}"#
+                .into(),
+            r#"{"prompt_tokens": 1, "prompt_tokens_details": {"cached_tokens": 1e999}}"#.into(),
+            format!(r#"{{"prompt_tokens": 1, "completion_tokens": 1, "x": {deep}}}"#),
+            format!(r#"{{"prompt_tokens": 1, "prompt_tokens_details": {{"x": {deep}}}}}"#),
+            format!(r#"[{deep}]"#),
+        ];
+        for usage in usages {
+            let choices = r#""choices": [{"message": {"content": "x"}}]"#;
+            for body in [
+                format!(r#"{{{choices}, "usage": {usage}}}"#),
+                // The last `usage` counts.
+                format!(
+                    r#"{{"usage": {{"prompt_tokens": 1, "completion_tokens": 1}}, {choices}, "usage": {usage}}}"#
+                ),
+                format!(r#"{{"usage": {usage}, {choices}, "usage": null}}"#),
+            ] {
+                let parsed = parse_completion(body.as_bytes());
+                match serde_json::from_str::<Value>(&body) {
+                    Ok(value) => {
+                        let expected = value.get("usage").and_then(Usage::from_json);
+                        assert_eq!(parsed.unwrap().usage, expected, "{body}");
+                    }
+                    Err(_) => {
+                        let err = parsed.unwrap_err();
+                        assert_eq!(err.reason, "body is not valid JSON", "{body}");
+                    }
+                }
+            }
         }
     }
 
