@@ -209,8 +209,8 @@ impl<'de> Deserialize<'de> for KeptFields<'de> {
     }
 }
 
-/// What one level of `choices` or `usage` is expected to be; everything else is only
-/// skimmed.
+/// What one level of `choices` or `usage` is expected to be; anything else is read as a
+/// value of any shape (checked as a parse checks it, and not kept).
 #[derive(Clone, Copy)]
 enum Expect {
     Choices,
@@ -241,7 +241,8 @@ enum Seen {
     Unsigned(u64),
     /// What [`Usage::from_json`] would make of the same object.
     Usage(Option<Usage>),
-    /// A `*_details` object and its count, if the key the gateway reads is one.
+    /// A `*_details` object, and the count under the key the gateway reads of it, when the
+    /// value there is a count.
     Detail(Option<u64>),
 }
 
@@ -374,8 +375,10 @@ const USAGE_KEYS: &[&str] = &[
 
 /// `usage` read straight into its counts, without building it as a tree first: what
 /// [`Usage::from_json`] accepts of the parsed object, and no usage for what it does not.
-/// Every value inside is still read as a parse reads it, so what a parse refuses fails the
-/// body as before.
+/// Every value inside is still read as a parse reads it, so what a parse refuses (escapes,
+/// number range, depth) fails the body as before. One shape is read differently, on
+/// purpose: an object whose first key is `serde_json`'s private raw-value marker, which a
+/// parse into a tree treats as embedded JSON text; here it is an object like any other.
 fn read_usage<'de, A: MapAccess<'de>>(mut map: A) -> Result<Seen, A::Error> {
     let count = |seen| match seen {
         Seen::Unsigned(n) => Some(n),
@@ -636,6 +639,21 @@ mod tests {
     #[test]
     fn usage_is_read_as_from_json_reads_the_parsed_object() {
         let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        // Around the parser's depth limit, in a skipped value and in a details object.
+        let at_the_limit = (120..=130).flat_map(|n| {
+            [
+                format!(
+                    r#"{{"prompt_tokens": 1, "completion_tokens": 1, "x": {}}}"#,
+                    nested(n)
+                ),
+                format!(
+                    r#"{{"prompt_tokens": 1, "completion_tokens": 1,
+                        "prompt_tokens_details": {{"cached_tokens": {}}}}}"#,
+                    nested(n)
+                ),
+            ]
+        });
         let usages = [
             r#"{"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}"#.to_string(),
             r#"{"prompt_tokens": 3, "completion_tokens": 4}"#.into(),
@@ -697,8 +715,30 @@ mod tests {
             format!(r#"{{"prompt_tokens": 1, "completion_tokens": 1, "x": {deep}}}"#),
             format!(r#"{{"prompt_tokens": 1, "prompt_tokens_details": {{"x": {deep}}}}}"#),
             format!(r#"[{deep}]"#),
+            // Invalid keys and syntax inside usage.
+            r#"{"prompt_tokens": 1, "completion_tokens": 1, "\ud800": 1}"#.into(),
+            r#"{"prompt_tokens": 1, "prompt_tokens_details": {"\udc00": 1}}"#.into(),
+            r#"{"prompt_tokens": 1, "completion_tokens": 1,}"#.into(),
+            r#"{"prompt_tokens": 01, "completion_tokens": 1}"#.into(),
+            r#"{"prompt_tokens": 1, "completion_tokens": "1}"#.into(),
+            // Number forms.
+            r#"{"prompt_tokens": -9223372036854775808, "completion_tokens": 1}"#.into(),
+            r#"{"prompt_tokens": -9223372036854775809, "completion_tokens": 1}"#.into(),
+            r#"{"prompt_tokens": 3E2, "completion_tokens": 0e400, "total_tokens": 1e-400}"#.into(),
+            r#"{"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": -2}"#.into(),
+            r#"{"prompt_tokens": 1, "completion_tokens": 1,
+                "prompt_tokens_details": {"cached_tokens": -0}}"#
+                .into(),
         ];
-        for usage in usages {
+        for usage in usages.into_iter().chain(at_the_limit) {
+            // An answer refused for its choices keeps its usage, read the same way.
+            let empty = format!(r#"{{"choices": [], "usage": {usage}}}"#);
+            if let Ok(value) = serde_json::from_str::<Value>(&empty) {
+                let err = parse_completion(empty.as_bytes()).unwrap_err();
+                assert_eq!(err.reason, "`choices` is empty", "{empty}");
+                let expected = value.get("usage").and_then(Usage::from_json);
+                assert_eq!(err.usage, expected, "{empty}");
+            }
             let choices = r#""choices": [{"message": {"content": "x"}}]"#;
             for body in [
                 format!(r#"{{{choices}, "usage": {usage}}}"#),
@@ -714,8 +754,9 @@ mod tests {
                         let expected = value.get("usage").and_then(Usage::from_json);
                         assert_eq!(parsed.unwrap().usage, expected, "{body}");
                     }
-                    Err(_) => {
+                    Err(refused) => {
                         let err = parsed.unwrap_err();
+                        assert!(!refused.is_data(), "{body}");
                         assert_eq!(err.reason, "body is not valid JSON", "{body}");
                     }
                 }
