@@ -246,6 +246,16 @@ enum Seen {
     Detail(Option<u64>),
 }
 
+impl Seen {
+    /// A token count: what `Value::as_u64` gives of the parsed value.
+    fn count(self) -> Option<u64> {
+        match self {
+            Seen::Unsigned(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
 const NO_MESSAGE: &str = "a choice has no `message` object";
 
 struct Read(Expect);
@@ -380,10 +390,6 @@ const USAGE_KEYS: &[&str] = &[
 /// purpose: an object whose first key is `serde_json`'s private raw-value marker, which a
 /// parse into a tree treats as embedded JSON text; here it is an object like any other.
 fn read_usage<'de, A: MapAccess<'de>>(mut map: A) -> Result<Seen, A::Error> {
-    let count = |seen| match seen {
-        Seen::Unsigned(n) => Some(n),
-        _ => None,
-    };
     // Only an object has the count inside it.
     let detail = |seen| match seen {
         Seen::Detail(n) => n,
@@ -397,6 +403,7 @@ fn read_usage<'de, A: MapAccess<'de>>(mut map: A) -> Result<Seen, A::Error> {
     let mut cached_tokens = None;
     let mut reasoning_tokens = None;
     while let Some(key) = map.next_key_seed(KeyAmong(USAGE_KEYS))? {
+        // One read for every key keeps one copy of the reader's call in the module.
         let expect = match key {
             Some("prompt_tokens_details") => Expect::PromptDetails,
             Some("completion_tokens_details") => Expect::CompletionDetails,
@@ -404,9 +411,9 @@ fn read_usage<'de, A: MapAccess<'de>>(mut map: A) -> Result<Seen, A::Error> {
         };
         let seen = map.next_value_seed(Read(expect))?;
         match key {
-            Some("prompt_tokens") => prompt = Some(count(seen)),
-            Some("completion_tokens") => completion = Some(count(seen)),
-            Some("total_tokens") => total = Some(count(seen)),
+            Some("prompt_tokens") => prompt = Some(seen.count()),
+            Some("completion_tokens") => completion = Some(seen.count()),
+            Some("total_tokens") => total = Some(seen.count()),
             Some("prompt_tokens_details") => cached_tokens = detail(seen),
             Some("completion_tokens_details") => reasoning_tokens = detail(seen),
             Some(_) | None => {}
@@ -438,10 +445,7 @@ fn read_detail<'de, A: MapAccess<'de>>(
     while let Some(found) = map.next_key_seed(KeyAmong(key))? {
         let seen = map.next_value_seed(Read(Expect::Any))?;
         if found.is_some() {
-            count = match seen {
-                Seen::Unsigned(n) => Some(n),
-                _ => None,
-            };
+            count = seen.count();
         }
     }
     Ok(Seen::Detail(count))
@@ -638,8 +642,8 @@ mod tests {
 
     #[test]
     fn usage_is_read_as_from_json_reads_the_parsed_object() {
-        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
         let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let deep = nested(200);
         // Around the parser's depth limit, in a skipped value and in a details object.
         let at_the_limit = (120..=130).flat_map(|n| {
             [

@@ -94,7 +94,7 @@ fn a_single_request_reads_its_body_a_bounded_number_of_times() {
     // instructions a byte. Parsing `messages` into a tree as well cost 21; serialising that
     // tree again instead of the text, 34; with the scan a byte at a time it was 53.
     assert!(per_byte < 20.0, "{per_byte:.1} instructions a byte");
-    // An answer of about 250 bytes: its `usage` is read straight into counts. Parsed into a
+    // An answer of about 230 bytes: its `usage` is read straight into counts. Parsed into a
     // tree first, as before, the same answer cost 51,232.
     assert!(answer < 50_000, "{answer} instructions for the answer");
 }
