@@ -4,10 +4,9 @@
 use super::reader::{ConfigError, ConfigResult, Node, Object};
 use super::{is_valid_name, named, RecipeId};
 use crate::router::{
-    Band, Condition, Decision, Detector, KeywordGroup, LengthUnit, Measure, Parameter, Projection,
-    Router, Scope, Signal, SignalKind, Term, MAX_VALUE,
+    phrase_patterns, Band, Condition, Decision, Detector, KeywordGroup, LengthUnit, Measure, Owner,
+    Parameter, Projection, Router, Scope, Searcher, Signal, SignalKind, Term, MAX_VALUE,
 };
-use aho_corasick::{AhoCorasick, AhoCorasickKind};
 use regex::RegexBuilder;
 use std::collections::HashMap;
 
@@ -17,11 +16,10 @@ pub mod bounds {
     pub const MAX_SIGNALS: usize = 128;
     pub const MAX_KEYWORDS_PER_SIGNAL: usize = 1000;
     pub const MAX_KEYWORD_LEN: usize = 256;
-    /// All keywords of one router together, in bytes: bounds the automata's memory.
+    /// All keywords of one router together, in bytes: bounds the automata's memory. A
+    /// keyword group gets a DFA (fastest, largest) when its table would fit
+    /// [`MAX_DFA_BYTES`](crate::router::MAX_DFA_BYTES), the compact NFA otherwise.
     pub const MAX_KEYWORD_BYTES: usize = 256 * 1024;
-    /// Keyword groups up to this size get a DFA (fastest, largest); bigger ones let the
-    /// crate choose a more compact automaton.
-    pub const DFA_KEYWORD_BYTES: usize = 32 * 1024;
     pub const MAX_PATTERN_LEN: usize = 1024;
     /// Compiled size of one regular expression (the `regex` crate's own limit is 10 MiB).
     pub const MAX_REGEX_BYTES: usize = 1 << 20;
@@ -154,7 +152,14 @@ fn parse_signals(
             bounds::MAX_KEYWORD_BYTES
         )));
     }
-    let groups = build_keyword_groups(field, pending)?;
+    let structure: Vec<Scope> = signals
+        .iter()
+        .filter_map(|s| match s.kind {
+            SignalKind::Structure { scope, .. } => Some(scope),
+            _ => None,
+        })
+        .collect();
+    let groups = build_keyword_groups(field, pending, &structure)?;
     Ok((signals, groups))
 }
 
@@ -373,38 +378,67 @@ fn values(obj: &Object<'_>) -> ConfigResult<Option<Vec<String>>> {
         .map(Some)
 }
 
+/// Keyword lists of one case mode go into one automaton per text they read, where `user`
+/// and `last_user` count as one: with one user turn they are the same text, searched once.
+/// A case-insensitive group whose text a structure signal reads (`structure`: their scopes)
+/// also holds the structure phrases, so that its pass finds them in the same lowercase text.
 fn build_keyword_groups(
     field: &Node<'_>,
     pending: Vec<PendingKeywords>,
+    structure: &[Scope],
 ) -> ConfigResult<Vec<KeywordGroup>> {
-    /// Keywords of one scope and case mode, each with its owner (signal, whole word).
+    /// Keywords of one case mode and text, each with its owner.
     struct Gathered {
-        scope: Scope,
+        scopes: Vec<Scope>,
         case_sensitive: bool,
         patterns: Vec<String>,
-        owners: Vec<(usize, bool)>,
+        owners: Vec<Owner>,
+        phrases: bool,
     }
+    let text_of = |scope| match scope {
+        Scope::LastUser => Scope::User,
+        other => other,
+    };
     let mut groups: Vec<Gathered> = Vec::new();
     for list in pending {
-        let at = match groups
-            .iter()
-            .position(|g| g.scope == list.scope && g.case_sensitive == list.case_sensitive)
-        {
+        let at = match groups.iter().position(|g| {
+            g.case_sensitive == list.case_sensitive
+                && g.scopes.iter().any(|s| text_of(*s) == text_of(list.scope))
+        }) {
             Some(i) => i,
             None => {
                 groups.push(Gathered {
-                    scope: list.scope,
+                    scopes: Vec::new(),
                     case_sensitive: list.case_sensitive,
                     patterns: Vec::new(),
                     owners: Vec::new(),
+                    phrases: false,
                 });
                 groups.len() - 1
             }
         };
         if let Some(group) = groups.get_mut(at) {
+            if !group.scopes.contains(&list.scope) {
+                group.scopes.push(list.scope);
+            }
             for keyword in list.keywords {
                 group.patterns.push(keyword);
-                group.owners.push((list.signal, list.whole_word));
+                group.owners.push(Owner::Keyword {
+                    signal: list.signal,
+                    whole_word: list.whole_word,
+                    scope: list.scope,
+                });
+            }
+        }
+    }
+    for group in groups.iter_mut().filter(|g| !g.case_sensitive) {
+        group.phrases = structure
+            .iter()
+            .any(|read| group.scopes.iter().any(|s| text_of(*s) == text_of(*read)));
+        if group.phrases {
+            for (index, phrase) in phrase_patterns().enumerate() {
+                group.patterns.push(phrase.to_string());
+                group.owners.push(Owner::Phrase(index));
             }
         }
     }
@@ -412,21 +446,20 @@ fn build_keyword_groups(
         .into_iter()
         .map(
             |Gathered {
-                 scope,
+                 scopes,
                  case_sensitive,
                  patterns,
                  owners,
+                 phrases,
              }| {
-                // A DFA: more memory at configure time, the fastest scan per request.
-                let automaton = AhoCorasick::builder()
-                    .kind(Some(AhoCorasickKind::DFA))
-                    .build(&patterns)
+                let automaton = Searcher::build(&patterns)
                     .map_err(|e| field.error(format!("keyword lists do not compile: {e}")))?;
                 Ok(KeywordGroup {
-                    scope,
+                    scopes,
                     case_sensitive,
                     automaton,
                     owners,
+                    phrases,
                 })
             },
         )

@@ -3,15 +3,17 @@
 //! with no model call: keyword automata, regular expressions compiled at configure time and
 //! linear structure scans.
 
+mod overlapping;
 mod signals;
 mod structure;
 mod text;
 
+pub use overlapping::{Searcher, MAX_DFA_BYTES};
 pub use signals::{
-    KeywordGroup, LengthUnit, Measure, Parameter, Signal, SignalKind, MAX_REGEX_MATCHES,
+    KeywordGroup, LengthUnit, Measure, Owner, Parameter, Signal, SignalKind, MAX_REGEX_MATCHES,
     MAX_REGEX_TEXT, MAX_VALUE,
 };
-pub use structure::Detector;
+pub use structure::{phrase_patterns, Detector};
 pub use text::{estimate_tokens, Scope};
 
 use crate::config::RecipeId;

@@ -1,11 +1,12 @@
 //! Signals: numbers read from the request without any model, each with a rule for when it
 //! fires. All keyword lists that read the same text in the same case mode share one
-//! Aho–Corasick automaton, so the keywords cost one pass over the text, whatever their number.
+//! Aho–Corasick automaton, so the keywords cost one pass over that text, whatever their
+//! number (`user` and `last_user` share one, searched once per distinct text).
 
-use super::structure::{Detector, Shape};
+use super::overlapping::Searcher;
+use super::structure::{self, Detector, Shape};
 use super::text::{estimate_tokens, is_whole_word, RequestText, Scope};
 use crate::openai::ChatRequest;
-use aho_corasick::AhoCorasick;
 use regex::Regex;
 use serde_json::Value;
 use std::cell::OnceCell;
@@ -129,14 +130,31 @@ pub struct Signal {
     pub max: f64,
 }
 
-/// Keyword lists that read the same scope in the same case mode.
+/// Keyword lists of one case mode that read the same text: one scope, or `user` and
+/// `last_user`, which are one text when the request has one user turn (searched once then,
+/// and once per text otherwise).
 #[derive(Clone, Debug)]
 pub struct KeywordGroup {
-    pub scope: Scope,
+    pub scopes: Vec<Scope>,
     pub case_sensitive: bool,
-    pub automaton: AhoCorasick,
-    /// Per pattern: the signal it counts for and whether it must match a whole word.
-    pub owners: Vec<(usize, bool)>,
+    pub automaton: Searcher,
+    /// Per pattern: what a match of it counts for.
+    pub owners: Vec<Owner>,
+    /// The group holds every structure phrase (`Owner::Phrase`): its pass finds them for the
+    /// shape of its text too, which then needs no phrase pass of its own.
+    pub phrases: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// A keyword of this signal, read in this scope, and whether it must match a whole word.
+    Keyword {
+        signal: usize,
+        whole_word: bool,
+        scope: Scope,
+    },
+    /// The structure phrase of this index.
+    Phrase(usize),
 }
 
 /// What the signals read of one request.
@@ -153,21 +171,50 @@ pub fn evaluate(
 ) -> Evaluated {
     let text = RequestText::new(request);
     let mut values = vec![0.0; signals.len()];
+    // Per scope (as aliased), the structure phrases a keyword pass found in its lowercase text.
+    let mut phrases_found: [Option<u64>; 4] = [None; 4];
     for group in groups {
-        let haystack = if group.case_sensitive {
-            text.get(group.scope)
-        } else {
-            text.lowercase(group.scope)
-        };
-        for m in group.automaton.find_overlapping_iter(haystack) {
-            let Some(&(signal, whole_word)) = group.owners.get(m.pattern().as_usize()) else {
-                continue;
-            };
-            if whole_word && !is_whole_word(haystack, m.start(), m.end()) {
-                continue;
+        // The texts the group's scopes read: one, or two when `last_user` is not `user`.
+        let mut texts: Vec<Scope> = Vec::with_capacity(2);
+        for scope in &group.scopes {
+            let scope = text.alias(*scope);
+            if !texts.contains(&scope) {
+                texts.push(scope);
             }
-            if let Some(v) = values.get_mut(signal) {
-                *v += 1.0;
+        }
+        for searched in texts {
+            let haystack = if group.case_sensitive {
+                text.get(searched)
+            } else {
+                text.lowercase(searched)
+            };
+            let mut phrases = 0;
+            group.automaton.each_match(haystack, |pattern, start, end| {
+                match group.owners.get(pattern) {
+                    Some(&Owner::Keyword {
+                        signal,
+                        whole_word,
+                        scope,
+                    }) => {
+                        if text.alias(scope) != searched
+                            || whole_word && !is_whole_word(haystack, start, end)
+                        {
+                            return;
+                        }
+                        if let Some(v) = values.get_mut(signal) {
+                            *v += 1.0;
+                        }
+                    }
+                    Some(&Owner::Phrase(index)) => {
+                        structure::note_phrase(&mut phrases, index, haystack, start, end);
+                    }
+                    None => {}
+                }
+            });
+            if group.phrases && !group.case_sensitive {
+                if let Some(slot) = phrases_found.get_mut(searched.index()) {
+                    *slot = Some(phrases);
+                }
             }
         }
     }
@@ -191,8 +238,15 @@ pub fn evaluate(
                 (n as f64, None)
             }
             SignalKind::Structure { detector, scope } => {
-                let shape = shapes.get(text.alias(*scope).index()).map(|cell| {
-                    cell.get_or_init(|| Shape::scan(text.get(*scope), text.lowercase(*scope)))
+                let at = text.alias(*scope).index();
+                let shape = shapes.get(at).map(|cell| {
+                    cell.get_or_init(|| {
+                        let (original, lower) = (text.get(*scope), text.lowercase(*scope));
+                        match phrases_found.get(at).copied().flatten() {
+                            Some(phrases) => Shape::scan_with_phrases(original, lower, phrases),
+                            None => Shape::scan(original, lower),
+                        }
+                    })
                 });
                 let format = request.field("response_format");
                 (shape.map_or(0.0, |s| detector.measure(s, format)), None)

@@ -1,8 +1,8 @@
 //! Structure detectors: what shape of task a request is, read from its text with linear scans
 //! (no regular expressions, so a megabyte of input costs one pass per detector).
 
+use super::overlapping::Searcher;
 use super::text::is_whole_word;
-use aho_corasick::AhoCorasick;
 use serde_json::Value;
 use std::sync::OnceLock;
 
@@ -124,11 +124,31 @@ const PHRASES: &[(&str, u64)] = &[
     ("json", JSON),
 ];
 
+/// The phrases, in the order of their pattern numbers, for an automaton that finds them
+/// along with keywords of the same lowercase text.
+pub fn phrase_patterns() -> impl Iterator<Item = &'static str> {
+    PHRASES.iter().map(|(p, _)| *p)
+}
+
+/// Adds the bit of phrase `index`, found at `start..end` of the lowercase text `lower`.
+pub fn note_phrase(phrases: &mut u64, index: usize, lower: &str, start: usize, end: usize) {
+    let Some(&(_, bit)) = PHRASES.get(index) else {
+        return;
+    };
+    if bit == JSON && !is_whole_word(lower, start, end) {
+        return;
+    }
+    *phrases |= bit;
+}
+
 /// One automaton for every phrase, built on first use and kept for the VM's lifetime.
-fn phrase_automaton() -> Option<&'static AhoCorasick> {
-    static AUTOMATON: OnceLock<Option<AhoCorasick>> = OnceLock::new();
+fn phrase_automaton() -> Option<&'static Searcher> {
+    static AUTOMATON: OnceLock<Option<Searcher>> = OnceLock::new();
     AUTOMATON
-        .get_or_init(|| AhoCorasick::new(PHRASES.iter().map(|(p, _)| p)).ok())
+        .get_or_init(|| {
+            let phrases: Vec<&str> = phrase_patterns().collect();
+            Searcher::dfa(&phrases).ok()
+        })
         .as_ref()
 }
 
@@ -148,22 +168,23 @@ pub struct Shape {
 impl Shape {
     /// `text` is the scope's text, `lower` its lowercase form.
     pub fn scan(text: &str, lower: &str) -> Shape {
+        let mut phrases = 0;
+        if let Some(automaton) = phrase_automaton() {
+            automaton.each_match(lower, |pattern, start, end| {
+                note_phrase(&mut phrases, pattern, lower, start, end);
+            });
+        }
+        Shape::scan_with_phrases(text, lower, phrases)
+    }
+
+    /// As [`Shape::scan`], with the phrases already found (by a keyword pass over `lower`).
+    pub fn scan_with_phrases(text: &str, lower: &str, phrases: u64) -> Shape {
         let mut shape = Shape {
             options: multiple_choice_options(text),
             math: math_markers(text),
+            phrases,
             ..Shape::default()
         };
-        if let Some(automaton) = phrase_automaton() {
-            for m in automaton.find_overlapping_iter(lower) {
-                let Some(&(_, bit)) = PHRASES.get(m.pattern().as_usize()) else {
-                    continue;
-                };
-                if bit == JSON && !is_whole_word(lower, m.start(), m.end()) {
-                    continue;
-                }
-                shape.phrases |= bit;
-            }
-        }
         let mut fence_markers = 0u32;
         for line in lower.lines() {
             let t = line.trim_start();
@@ -224,6 +245,14 @@ fn json_format(response_format: Option<&Value>) -> bool {
 /// "plan A. Then" are how prose enumerates parts of one question, not options.
 pub fn multiple_choice_options(text: &str) -> u32 {
     let bytes = text.as_bytes();
+    // Only the punctuation after a label can end one: found by `memchr` (16 bytes a step in
+    // wasm), not by testing every byte.
+    options_among(bytes, memchr::memchr3_iter(b')', b':', b'.', bytes))
+}
+
+/// [`multiple_choice_options`] over the labels whose punctuation is at one of `candidates`
+/// (every other position ends none).
+fn options_among(bytes: &[u8], candidates: impl Iterator<Item = usize>) -> u32 {
     let mut upper = 0u32;
     let mut lower = 0u32;
     let at = |i: Option<usize>| i.and_then(|i| bytes.get(i)).copied();
@@ -237,7 +266,10 @@ pub fn multiple_choice_options(text: &str) -> u32 {
         let start = before.len() - indent;
         start == 0 || before.get(start - 1) == Some(&b'\n')
     };
-    for (p, &punct) in bytes.iter().enumerate() {
+    for p in candidates {
+        let Some(&punct) = bytes.get(p) else {
+            continue;
+        };
         if !matches!(punct, b')' | b':' | b'.') {
             continue;
         }
@@ -308,10 +340,25 @@ const MATH_SYMBOLS: &[&[u8]] = &[
 /// arithmetic between digits (`3 + 4`, `12*7`, `2 = 2`).
 pub fn math_markers(text: &str) -> u32 {
     let bytes = text.as_bytes();
+    // Each marker is decided by the bytes around it alone, so the three searches for the
+    // bytes that can start one (`memchr`, 16 bytes a step in wasm) may visit them in any
+    // order.
+    let starts = memchr::memchr3_iter(b'\\', b'$', b'^', bytes)
+        .chain(memchr::memchr3_iter(b'+', b'*', b'=', bytes))
+        .chain(memchr::memchr3_iter(0xC3, 0xCF, 0xE2, bytes));
+    markers_among(bytes, starts)
+}
+
+/// [`math_markers`] over the markers that start at one of `candidates` (every other position
+/// starts none).
+fn markers_among(bytes: &[u8], candidates: impl Iterator<Item = usize>) -> u32 {
     let mut count = 0u32;
     let mut dollars = 0u32;
     let at = |i: Option<usize>| i.and_then(|i| bytes.get(i)).copied();
-    for (i, &b) in bytes.iter().enumerate() {
+    for i in candidates {
+        let Some(&b) = bytes.get(i) else {
+            continue;
+        };
         match b {
             b'\\' => {
                 let rest = bytes.get(i + 1..).unwrap_or_default();
@@ -453,5 +500,45 @@ mod tests {
         assert_eq!(math_markers("√2 ≈ 1.414 × π"), 4);
         assert_eq!(math_markers("café, naïve, über"), 0);
         assert_eq!(math_markers("\\unknowncommand"), 0);
+    }
+
+    #[test]
+    fn the_memchr_scans_count_what_a_byte_by_byte_scan_counts() {
+        // Texts built from the bytes the scans look at, in every short arrangement, plus
+        // real prose: a search that skipped or revisited a byte would count differently.
+        let pieces = [
+            "A", "B", "b", "(", ")", ".", ":", " ", "\n", "\\frac", "\\x", "$", "^", "2", "+", "*",
+            "=", "x", "√", "×", "é", "≈", "—", "\t", "\nA. x", "\nB. y", "\nC: z", " A) ", " B) ",
+            " C) ", "(a) ", "(b) ", "(c) ",
+        ];
+        let mut texts = vec![String::new()];
+        for a in pieces {
+            for b in pieces {
+                for c in pieces {
+                    texts.push(format!("{a}{b}{c}"));
+                    texts.push(format!("{a}{b} {c}{a}"));
+                }
+            }
+        }
+        let mut seed = 1u32;
+        for _ in 0..2000 {
+            let mut text = String::new();
+            for _ in 0..24 {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                let piece = pieces.get((seed >> 16) as usize % pieces.len()).unwrap();
+                text.push_str(piece);
+            }
+            texts.push(text);
+        }
+        texts.push(
+            "Which is right?\nA) 2p\nB) 1s\nC) 3d\nD) 2s. Let $x^2 + 1 = 10$, √2 ≈ 1.41".into(),
+        );
+        // As before the searches: every position a candidate.
+        for text in &texts {
+            let (bytes, every) = (text.as_bytes(), 0..text.len());
+            let options = options_among(bytes, every.clone());
+            assert_eq!(multiple_choice_options(text), options, "{text:?}");
+            assert_eq!(math_markers(text), markers_among(bytes, every), "{text:?}");
+        }
     }
 }

@@ -107,6 +107,140 @@ fn text_signals_read_their_scope_and_array_content() {
 }
 
 #[test]
+fn user_and_last_user_lists_count_alike_with_one_or_several_user_turns() {
+    // With one user turn the two scopes read one text, searched in one pass by an automaton
+    // holding both lists (per case mode); with several, apart. The counts must not tell.
+    let config = router_config(
+        json!({
+            "user_any": {"type": "keywords", "keywords": ["urgent", "rgen"]},
+            "user_word": {"type": "keywords", "keywords": ["urgent"], "whole_word": true},
+            "last_any": {"type": "keywords", "keywords": ["urgent", "gent"], "scope": "last_user"},
+            "last_exact": {"type": "keywords", "keywords": ["Urgent"], "scope": "last_user",
+                           "case_sensitive": true},
+            "user_exact": {"type": "keywords", "keywords": ["Urgent", "URGENT"],
+                           "case_sensitive": true}
+        }),
+        json!({}),
+        catch_all(),
+    );
+    let one = user("Urgent: urgently URGENT");
+    let several = request(json!({"model": "x/auto", "messages": [
+        {"role": "user", "content": "Urgent: urgently"},
+        {"role": "assistant", "content": "urgent"},
+        {"role": "user", "content": "URGENT"}
+    ]}));
+    let none = request(json!({"model": "x/auto", "messages": [
+        {"role": "system", "content": "urgent"}
+    ]}));
+    let counts = |req: &ChatRequest| -> Vec<f64> {
+        [
+            "user_any",
+            "user_word",
+            "last_any",
+            "last_exact",
+            "user_exact",
+        ]
+        .iter()
+        .map(|name| value_of(&config, req, name))
+        .collect()
+    };
+    // "urgent" 3 times and "rgen" 3 times in lowercase; whole words: "urgent" twice.
+    assert_eq!(counts(&one), [6.0, 2.0, 6.0, 1.0, 2.0]);
+    // The last user turn is "URGENT" alone.
+    assert_eq!(counts(&several), [6.0, 2.0, 2.0, 0.0, 2.0]);
+    assert_eq!(counts(&none), [0.0; 5]);
+    let router = config.routers.first().unwrap();
+    assert_eq!(router.keyword_groups.len(), 2, "one group per case mode");
+    assert!(
+        router.keyword_groups.iter().all(|g| !g.phrases),
+        "no structure signal reads these texts: no phrases to carry"
+    );
+}
+
+#[test]
+fn structure_phrases_found_by_a_keyword_pass_read_as_their_own_pass_reads_them() {
+    // A case-insensitive keyword group holds the structure phrases when the router has
+    // structure signals, and its pass stands in for the shape's own phrase pass: the
+    // detectors must read the same, whatever the scopes and turns.
+    let mut structure = serde_json::Map::new();
+    for scope in ["user", "last_user", "system", "all"] {
+        for detect in [
+            "starter_code",
+            "io_spec",
+            "constraints",
+            "float_tolerance",
+            "json_requested",
+            "multiple_choice",
+            "math",
+            "code_fence",
+        ] {
+            structure.insert(
+                format!("{detect}_{scope}"),
+                json!({"type": "structure", "detect": detect, "scope": scope}),
+            );
+        }
+    }
+    let names: Vec<String> = structure.keys().cloned().collect();
+    let alone = router_config(Value::Object(structure.clone()), json!({}), catch_all());
+    let mut with_keywords = structure;
+    for (name, scope, case_sensitive) in [
+        ("kw_user", "user", false),
+        ("kw_last", "last_user", false),
+        ("kw_all", "all", false),
+        ("kw_exact", "system", true),
+        ("kw_system", "system", false),
+    ] {
+        with_keywords.insert(
+            name.to_string(),
+            json!({"type": "keywords", "keywords": ["json", "error", "function"],
+                   "scope": scope, "case_sensitive": case_sensitive}),
+        );
+    }
+    let shared = router_config(Value::Object(with_keywords), json!({}), catch_all());
+    let phrases = "Complete the function below. Your code here; TODO. Read from STDIN, write \
+        to standard output. 1 <= n <= 10^5. Answers within 1e-6 relative error are accepted. \
+        Reply in JSON, not json5 or jsonl.";
+    let requests = [
+        user(phrases),
+        user("nothing of the kind"),
+        request(json!({"model": "x/auto", "messages": [
+            {"role": "system", "content": "Answer in JSON. 1e9 at most."},
+            {"role": "user", "content": phrases},
+            {"role": "assistant", "content": "absolute error"},
+            {"role": "user", "content": "class Solution: pass\n"}
+        ]})),
+        request(json!({"model": "x/auto", "messages": [
+            {"role": "developer", "content": phrases}
+        ]})),
+    ];
+    for req in &requests {
+        for name in &names {
+            assert_eq!(
+                value_of(&shared, req, name),
+                value_of(&alone, req, name),
+                "{name} of {req:?}"
+            );
+        }
+    }
+    for name in [
+        "starter_code_user",
+        "io_spec_user",
+        "constraints_user",
+        "float_tolerance_user",
+        "json_requested_user",
+        "json_requested_system",
+    ] {
+        assert_eq!(value_of(&shared, &requests[2], name), 1.0, "{name}");
+    }
+    let router = shared.routers.first().unwrap();
+    assert!(router.keyword_groups.iter().any(|g| g.phrases));
+    assert!(!router
+        .keyword_groups
+        .iter()
+        .any(|g| g.phrases && g.case_sensitive));
+}
+
+#[test]
 fn regex_signals_count_matches_and_bad_patterns_are_refused() {
     let config = router_config(
         json!({"paths": {"type": "regex", "pattern": r"\b[\w/]+\.(py|rs)\b", "min": 2}}),

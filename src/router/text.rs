@@ -147,6 +147,11 @@ pub fn is_whole_word(text: &str, start: usize, end: usize) -> bool {
 /// A rough token count without a tokenizer: about four ASCII characters per token, one token
 /// per CJK character, two other non-ASCII characters per token.
 pub fn estimate_tokens(text: &str) -> u64 {
+    // An ASCII text, the common case, is recognised a word at a time; the count per
+    // character is for texts with other scripts.
+    if text.is_ascii() {
+        return (text.len() as u64).div_ceil(4);
+    }
     let mut ascii = 0u64;
     let mut cjk = 0u64;
     let mut other = 0u64;
@@ -206,5 +211,7 @@ mod tests {
         assert_eq!(estimate_tokens("abcdefgh"), 2);
         assert_eq!(estimate_tokens("你好世界"), 4);
         assert_eq!(estimate_tokens("привет"), 3);
+        // Mixed: 5 ASCII (2 tokens), 2 CJK, 6 Cyrillic (3).
+        assert_eq!(estimate_tokens("abc你好 привет!"), 7);
     }
 }
