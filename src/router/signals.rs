@@ -174,15 +174,15 @@ pub fn evaluate(
     // Per scope (as aliased), the structure phrases a keyword pass found in its lowercase text.
     let mut phrases_found: [Option<u64>; 4] = [None; 4];
     for group in groups {
-        // The texts the group's scopes read: one, or two when `last_user` is not `user`.
-        let mut texts: Vec<Scope> = Vec::with_capacity(2);
-        for scope in &group.scopes {
-            let scope = text.alias(*scope);
-            if !texts.contains(&scope) {
-                texts.push(scope);
-            }
-        }
-        for searched in texts {
+        // The texts the group's scopes read: one, or two when `last_user` is not `user` (a
+        // group holds those two scopes at most).
+        let first = group.scopes.first().map(|s| text.alias(*s));
+        let second = group
+            .scopes
+            .get(1)
+            .map(|s| text.alias(*s))
+            .filter(|s| Some(*s) != first);
+        for searched in first.into_iter().chain(second) {
             let haystack = if group.case_sensitive {
                 text.get(searched)
             } else {
