@@ -211,6 +211,16 @@ class Envoy:
                 return int(line.split()[1]) * 1024
         return 0
 
+    def rss_split_bytes(self):
+        """Resident anonymous memory (heap, V8's own mappings) and resident file pages (the
+        Envoy binary's pages touched, V8's compiler among them)."""
+        split = {"RssAnon": 0, "RssFile": 0}
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            name = line.split(":")[0]
+            if name in split:
+                split[name] = int(line.split()[1]) * 1024
+        return split["RssAnon"], split["RssFile"]
+
     def heap_bytes(self):
         return int(json.loads(self.admin("/memory")[1])["allocated"])
 
@@ -520,8 +530,19 @@ def idle_and_start(boot, tmp, runs=3):
             try:
                 time.sleep(1.0)
                 _, memory = envoy.admin("/memory")
-                rows[name].append({"ready_s": envoy.ready_s, "rss_bytes": envoy.rss_bytes(),
-                                   "heap_bytes": int(json.loads(memory)["allocated"])})
+                memory = {key: int(value) for key, value in json.loads(memory).items()
+                          if str(value).isdigit()}
+                anon, file = envoy.rss_split_bytes()
+                rows[name].append({
+                    "ready_s": envoy.ready_s, "rss_bytes": envoy.rss_bytes(),
+                    "heap_bytes": memory.get("allocated", 0),
+                    "rss_anon_bytes": anon, "rss_file_bytes": file,
+                    # The allocator's pages in use, and those it keeps free for reuse.
+                    "heap_mapped_bytes": memory.get("heap_size", 0)
+                    - memory.get("pageheap_unmapped", 0),
+                    "heap_kept_free_bytes": memory.get("pageheap_free", 0)
+                    + memory.get("total_thread_cache", 0),
+                })
             finally:
                 envoy.close()
     with_p, floor, without = rows["with_plugin"], rows["with_floor"], rows["without_plugin"]
@@ -536,6 +557,23 @@ def idle_and_start(boot, tmp, runs=3):
         "v8_with_module_idle_mb": mb(with_p, "rss_bytes") - mb(without, "rss_bytes"),
         "v8_with_floor_idle_mb": mb(floor, "rss_bytes") - mb(without, "rss_bytes"),
         "heap_with_module_idle_mb": mb(with_p, "heap_bytes") - mb(without, "heap_bytes"),
+        # Where the module's RSS goes: the binary's pages its compile touched, memory the
+        # allocator freed and keeps, live heap, the allocator's other pages, and V8's own
+        # mappings outside the heap (compiled code, the instances' linear memory). Medians
+        # of each part, so their sum is near, not exactly, the median RSS difference.
+        "v8_with_module_split_mb": {
+            "binary_pages": mb(with_p, "rss_file_bytes") - mb(without, "rss_file_bytes"),
+            "heap_kept_free": mb(with_p, "heap_kept_free_bytes")
+            - mb(without, "heap_kept_free_bytes"),
+            "heap_live": mb(with_p, "heap_bytes") - mb(without, "heap_bytes"),
+            # Central caches, span metadata, fragmentation: the rest of the mapped heap.
+            "heap_other": (mb(with_p, "heap_mapped_bytes") - mb(with_p, "heap_bytes")
+                           - mb(with_p, "heap_kept_free_bytes"))
+            - (mb(without, "heap_mapped_bytes") - mb(without, "heap_bytes")
+               - mb(without, "heap_kept_free_bytes")),
+            "outside_heap": (mb(with_p, "rss_anon_bytes") - mb(with_p, "heap_mapped_bytes"))
+            - (mb(without, "rss_anon_bytes") - mb(without, "heap_mapped_bytes")),
+        },
         "vm_start_ms": (median(with_p, "ready_s") - median(without, "ready_s")) * 1000,
         "floor_vm_start_ms": (median(floor, "ready_s") - median(without, "ready_s")) * 1000,
     }
@@ -553,6 +591,9 @@ def main():
     parser.add_argument("--latency-requests", type=int, default=2000,
                         help="c=1 requests per route")
     parser.add_argument("--skip-grid", action="store_true", help="latency and memory only")
+    parser.add_argument("--idle-only", action="store_true",
+                        help="only V8's idle memory, its split and the VM start (under a minute;"
+                             " give --out to keep the full run's file)")
     parser.add_argument("--sweep-rates", default="300,1000,2000",
                         help="offered rates for the CPU-against-rate sweep ('' to skip)")
     args = parser.parse_args()
@@ -576,8 +617,12 @@ def main():
             boot = bootstrap(*ports, sim_port)
             result = {"wasm_bytes": WASM.stat().st_size,
                       "floor_wasm_bytes": FLOOR_WASM.stat().st_size}
-            if not args.skip_memory:
+            if not args.skip_memory or args.idle_only:
                 result["idle"] = idle_and_start(boot, tmp)
+            if args.idle_only:
+                Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+                report(result)
+                return
             floor_ports = {mode: free_port() for mode in FLOOR_MODES}
             envoy = Envoy(with_floor(boot, floor_ports), tmp, "bench")
             bench = Bench(envoy, tmp, ports[0], ports[1], args.seconds)
@@ -642,6 +687,12 @@ def report(r):
               f" / {i['idle_rss_with_floor_mb']:.1f} / {i['idle_rss_without_plugin_mb']:.1f} MB; "
               f"heap +{i['heap_with_module_idle_mb']:.1f} MB with the module); VM start: "
               f"{i['vm_start_ms']:.0f} ms (floor {i['floor_vm_start_ms']:.0f} ms)")
+        if "v8_with_module_split_mb" in i:
+            split = i["v8_with_module_split_mb"]
+            print("  of which: " + ", ".join(
+                f"{name.replace('_', ' ')} {value:.1f} MB" for name, value in split.items()))
+    if "latency_c1" not in r:
+        return
     lat = r["latency_c1"]
     print(f"\nc=1, 1 KB, {lat['requests_per_route']} requests a route; plain p50 "
           f"{lat['plain_p50_us']:.0f} µs, p99 {lat['plain_p99_us']:.0f} µs")
