@@ -205,21 +205,18 @@ class Envoy:
                 pass  # a thread that just ended
         return total
 
-    def rss_bytes(self):
+    def status_bytes(self, *fields):
+        """Fields of `/proc/PID/status` given in kB (`VmRSS`; `RssAnon`, the heap and V8's
+        own mappings; `RssFile`, the Envoy binary's pages touched), in bytes; 0 when absent."""
+        found = dict.fromkeys(fields, 0)
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
+            name, _, value = line.partition(":")
+            if name in found:
+                found[name] = int(value.split()[0]) * 1024
+        return [found[name] for name in fields]
 
-    def rss_split_bytes(self):
-        """Resident anonymous memory (heap, V8's own mappings) and resident file pages (the
-        Envoy binary's pages touched, V8's compiler among them)."""
-        split = {"RssAnon": 0, "RssFile": 0}
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            name = line.split(":")[0]
-            if name in split:
-                split[name] = int(line.split()[1]) * 1024
-        return split["RssAnon"], split["RssFile"]
+    def rss_bytes(self):
+        return self.status_bytes("VmRSS")[0]
 
     def heap_bytes(self):
         return int(json.loads(self.admin("/memory")[1])["allocated"])
@@ -532,16 +529,20 @@ def idle_and_start(boot, tmp, runs=3):
                 _, memory = envoy.admin("/memory")
                 memory = {key: int(value) for key, value in json.loads(memory).items()
                           if str(value).isdigit()}
-                anon, file = envoy.rss_split_bytes()
+                rss, anon, file = envoy.status_bytes("VmRSS", "RssAnon", "RssFile")
+                live = memory.get("allocated", 0)
+                # The allocator's pages in use, and those of them it keeps free for reuse.
+                mapped = memory.get("heap_size", 0) - memory.get("pageheap_unmapped", 0)
+                kept_free = memory.get("pageheap_free", 0) + memory.get("total_thread_cache", 0)
                 rows[name].append({
-                    "ready_s": envoy.ready_s, "rss_bytes": envoy.rss_bytes(),
-                    "heap_bytes": memory.get("allocated", 0),
-                    "rss_anon_bytes": anon, "rss_file_bytes": file,
-                    # The allocator's pages in use, and those it keeps free for reuse.
-                    "heap_mapped_bytes": memory.get("heap_size", 0)
-                    - memory.get("pageheap_unmapped", 0),
-                    "heap_kept_free_bytes": memory.get("pageheap_free", 0)
-                    + memory.get("total_thread_cache", 0),
+                    "ready_s": envoy.ready_s, "rss_bytes": rss,
+                    # The parts of the RSS, which sum to it (less shared memory, none here).
+                    "binary_pages": file,
+                    "heap_kept_free": kept_free,
+                    "heap_live": live,
+                    # Central caches, span metadata, fragmentation: the rest of the mapped heap.
+                    "heap_other": mapped - live - kept_free,
+                    "outside_heap": anon - mapped,
                 })
             finally:
                 envoy.close()
@@ -556,23 +557,15 @@ def idle_and_start(boot, tmp, runs=3):
         "idle_rss_without_plugin_mb": mb(without, "rss_bytes"),
         "v8_with_module_idle_mb": mb(with_p, "rss_bytes") - mb(without, "rss_bytes"),
         "v8_with_floor_idle_mb": mb(floor, "rss_bytes") - mb(without, "rss_bytes"),
-        "heap_with_module_idle_mb": mb(with_p, "heap_bytes") - mb(without, "heap_bytes"),
+        "heap_with_module_idle_mb": mb(with_p, "heap_live") - mb(without, "heap_live"),
         # Where the module's RSS goes: the binary's pages its compile touched, memory the
         # allocator freed and keeps, live heap, the allocator's other pages, and V8's own
         # mappings outside the heap (compiled code, the instances' linear memory). Medians
         # of each part, so their sum is near, not exactly, the median RSS difference.
         "v8_with_module_split_mb": {
-            "binary_pages": mb(with_p, "rss_file_bytes") - mb(without, "rss_file_bytes"),
-            "heap_kept_free": mb(with_p, "heap_kept_free_bytes")
-            - mb(without, "heap_kept_free_bytes"),
-            "heap_live": mb(with_p, "heap_bytes") - mb(without, "heap_bytes"),
-            # Central caches, span metadata, fragmentation: the rest of the mapped heap.
-            "heap_other": (mb(with_p, "heap_mapped_bytes") - mb(with_p, "heap_bytes")
-                           - mb(with_p, "heap_kept_free_bytes"))
-            - (mb(without, "heap_mapped_bytes") - mb(without, "heap_bytes")
-               - mb(without, "heap_kept_free_bytes")),
-            "outside_heap": (mb(with_p, "rss_anon_bytes") - mb(with_p, "heap_mapped_bytes"))
-            - (mb(without, "rss_anon_bytes") - mb(without, "heap_mapped_bytes")),
+            part: mb(with_p, part) - mb(without, part)
+            for part in ("binary_pages", "heap_kept_free", "heap_live", "heap_other",
+                         "outside_heap")
         },
         "vm_start_ms": (median(with_p, "ready_s") - median(without, "ready_s")) * 1000,
         "floor_vm_start_ms": (median(floor, "ready_s") - median(without, "ready_s")) * 1000,
