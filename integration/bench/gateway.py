@@ -41,6 +41,10 @@ HERE = Path(__file__).resolve().parent / "gateway"
 OHA = ROOT / ".venv" / "tools" / "bin" / "oha"
 # The floor: the least a filter on Looper's path can do (`integration/bench/floor`).
 FLOOR_WASM = ROOT / "target" / "floor" / "wasm32-wasip1" / "release" / "looper_floor.wasm"
+# The floor with the router's matchers linked: aho-corasick's automata, and those with `regex`
+# (`make bench-floor` builds both), for what the spec's signals alone cost V8 at idle.
+FLOOR_AHO_WASM = ROOT / "target" / "floor" / "looper_floor_aho.wasm"
+FLOOR_MATCHERS_WASM = ROOT / "target" / "floor" / "looper_floor_matchers.wasm"
 RESULTS = ROOT / "results" / "bench-gateway.json"
 
 ENVOY_CORE = "0"
@@ -110,14 +114,14 @@ def bootstrap(plugin_port, plain_port, admin_port, sim_port):
 FLOOR_MODES = ("pause", "dispatch", "forward", "forward_reply", "metrics", "reads", "absent")
 
 
-def with_floor(boot, ports):
+def with_floor(boot, ports, module=None):
     """Adds a listener per floor mode (`ports`: mode -> port) whose wasm filter is the floor
     module: `pause` (hold the headers, release with the body, the route answers), `dispatch`
     (one `dispatch_http_call` and a local reply, parsing nothing), `forward` (as `pause`, and
     the route's answer is held, buffered and replaced with the same bytes) and
     `forward_reply` (the buffered answer goes out as a local reply); `metrics`, `reads` and
     `absent` are `pause` with 20 host calls a request. Each has its own VM, as a separate
-    plugin would."""
+    plugin would. `module` replaces the floor module (a variant with matchers linked)."""
     boot = json.loads(json.dumps(boot))
     listeners = boot["static_resources"]["listeners"]
     plugin = next(l for l in listeners if l["name"] == "plugin")
@@ -131,17 +135,17 @@ def with_floor(boot, ports):
             if f["name"] == "envoy.filters.http.wasm":
                 config = f["typed_config"]["config"]
                 config["name"] = config["root_id"] = config["vm_config"]["vm_id"] = floor["name"]
-                config["vm_config"]["code"]["local"]["filename"] = str(FLOOR_WASM)
+                config["vm_config"]["code"]["local"]["filename"] = str(module or FLOOR_WASM)
                 config["vm_config"].pop("environment_variables", None)
                 config["configuration"]["value"] = mode
         listeners.append(floor)
     return boot
 
 
-def floor_only(boot):
+def floor_only(boot, module=None):
     """The plain listener and the floor's `pause` listener (for the idle memory of V8 with
-    a module that does nothing)."""
-    boot = with_floor(boot, {"pause": free_port()})
+    a module that does nothing, or with `module`, a variant of it)."""
+    boot = with_floor(boot, {"pause": free_port()}, module)
     listeners = boot["static_resources"]["listeners"]
     boot["static_resources"]["listeners"] = [
         l for l in listeners if l["name"] in ("plain", "floor-pause")]
@@ -512,9 +516,12 @@ def memory_in_flight(bench, seconds):
 
 def idle_and_start(boot, tmp, runs=3):
     """V8's idle memory with the module, and the VM start time: Envoy with the plugin, with
-    the floor module (a filter that does nothing) and with no wasm at all, each started `runs`
-    times."""
+    the floor module (a filter that does nothing), with the floor and the router's keyword
+    automata, with the floor and all its matchers, and with no wasm at all, each started
+    `runs` times, the variants alternated."""
     variants = (("with_plugin", boot), ("with_floor", floor_only(boot)),
+                ("with_floor_aho", floor_only(boot, FLOOR_AHO_WASM)),
+                ("with_floor_matchers", floor_only(boot, FLOOR_MATCHERS_WASM)),
                 ("without_plugin", plain_only(boot)))
     rows = {name: [] for name, _ in variants}
     for _ in range(runs):
@@ -557,6 +564,11 @@ def idle_and_start(boot, tmp, runs=3):
         "idle_rss_without_plugin_mb": mb(without, "rss_bytes"),
         "v8_with_module_idle_mb": mb(with_p, "rss_bytes") - mb(without, "rss_bytes"),
         "v8_with_floor_idle_mb": mb(floor, "rss_bytes") - mb(without, "rss_bytes"),
+        # No plugin with the spec's signals can be smaller than these two.
+        "v8_with_floor_aho_idle_mb":
+            mb(rows["with_floor_aho"], "rss_bytes") - mb(without, "rss_bytes"),
+        "v8_with_floor_matchers_idle_mb":
+            mb(rows["with_floor_matchers"], "rss_bytes") - mb(without, "rss_bytes"),
         "heap_with_module_idle_mb": mb(with_p, "heap_live") - mb(without, "heap_live"),
         # Where the module's RSS goes: the binary's pages its compile touched, memory the
         # allocator freed and keeps, live heap, the allocator's other pages, and V8's own
@@ -591,7 +603,7 @@ def main():
                         help="offered rates for the CPU-against-rate sweep ('' to skip)")
     args = parser.parse_args()
 
-    for tool in (ENVOY, SIM, WASM, OHA, FLOOR_WASM):
+    for tool in (ENVOY, SIM, WASM, OHA, FLOOR_WASM, FLOOR_AHO_WASM, FLOOR_MATCHERS_WASM):
         if not Path(tool).exists():
             raise SystemExit(f"missing {tool}: run `make bench`, which builds and installs it")
     if not shutil.which("taskset"):
@@ -609,7 +621,9 @@ def main():
             ports = free_port(), free_port(), free_port()
             boot = bootstrap(*ports, sim_port)
             result = {"wasm_bytes": WASM.stat().st_size,
-                      "floor_wasm_bytes": FLOOR_WASM.stat().st_size}
+                      "floor_wasm_bytes": FLOOR_WASM.stat().st_size,
+                      "floor_aho_wasm_bytes": FLOOR_AHO_WASM.stat().st_size,
+                      "floor_matchers_wasm_bytes": FLOOR_MATCHERS_WASM.stat().st_size}
             if not args.skip_memory or args.idle_only:
                 result["idle"] = idle_and_start(boot, tmp)
             if args.idle_only:
@@ -680,6 +694,11 @@ def report(r):
               f" / {i['idle_rss_with_floor_mb']:.1f} / {i['idle_rss_without_plugin_mb']:.1f} MB; "
               f"heap +{i['heap_with_module_idle_mb']:.1f} MB with the module); VM start: "
               f"{i['vm_start_ms']:.0f} ms (floor {i['floor_vm_start_ms']:.0f} ms)")
+        if "v8_with_floor_matchers_idle_mb" in i:
+            print(f"  the floor with the router's keyword automata "
+                  f"({r['floor_aho_wasm_bytes']:,} bytes) {i['v8_with_floor_aho_idle_mb']:.1f} MB,"
+                  f" with them and regex ({r['floor_matchers_wasm_bytes']:,} bytes) "
+                  f"{i['v8_with_floor_matchers_idle_mb']:.1f} MB")
         if "v8_with_module_split_mb" in i:
             split = i["v8_with_module_split_mb"]
             print("  of which: " + ", ".join(

@@ -13,6 +13,11 @@
 //! - `metrics`, `reads`, `absent`: as `pause`, with 20 host calls at the request headers
 //!   (`increment_metric`; reads of `:path`, which the host hands back through the module's
 //!   allocator; reads of a header that is not there), to price a host call.
+//!
+//! Built with the `aho` or `matchers` feature, the module also builds the router's matchers
+//! from its configuration when it loads, so the linker keeps their code: V8's idle memory
+//! with them tells what the spec's keyword and regex signals alone cost under eager
+//! compilation, whatever the rest of a plugin does.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -60,6 +65,10 @@ impl RootContext for Root {
             _ => Mode::Pause,
         };
         self.counter = hostcalls::define_metric(MetricType::Counter, "floor_calls").ok();
+        #[cfg(feature = "aho")]
+        if matchers::any_match(&config) {
+            let _ = hostcalls::log(proxy_wasm::types::LogLevel::Debug, "a matcher matched");
+        }
         true
     }
 
@@ -192,5 +201,48 @@ fn rename_model(body: &mut [u8]) {
         if let Some(slot) = body.get_mut(at..at + FROM.len()) {
             slot.copy_from_slice(TO);
         }
+    }
+}
+
+/// The matchers Looper's router builds, over the configuration's text: keyword automata
+/// (aho-corasick's DFA and contiguous NFA, as `src/router/overlapping.rs` builds them) and,
+/// with `matchers`, a case-insensitive regular expression.
+#[cfg(feature = "aho")]
+mod matchers {
+    use aho_corasick::automaton::Automaton;
+    use aho_corasick::{dfa::DFA, nfa::contiguous::NFA, Input, MatchKind, StartKind};
+
+    pub fn any_match(config: &[u8]) -> bool {
+        let text = String::from_utf8_lossy(config);
+        let keywords: Vec<&str> = text.split(',').filter(|k| !k.is_empty()).collect();
+        let input = Input::new(text.as_ref());
+        let dfa = DFA::builder()
+            .match_kind(MatchKind::Standard)
+            .start_kind(StartKind::Unanchored)
+            .prefilter(false)
+            .build(&keywords)
+            .ok()
+            .and_then(|dfa| dfa.try_find(&input).ok().flatten());
+        let nfa = NFA::builder()
+            .match_kind(MatchKind::Standard)
+            .prefilter(false)
+            .build(&keywords)
+            .ok()
+            .and_then(|nfa| nfa.try_find(&input).ok().flatten());
+        dfa.is_some() || nfa.is_some() || regex_match(&text)
+    }
+
+    #[cfg(feature = "matchers")]
+    fn regex_match(text: &str) -> bool {
+        regex::RegexBuilder::new(text)
+            .case_insensitive(true)
+            .build()
+            .map(|regex| regex.is_match(text))
+            .unwrap_or(false)
+    }
+
+    #[cfg(not(feature = "matchers"))]
+    fn regex_match(_text: &str) -> bool {
+        false
     }
 }
