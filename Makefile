@@ -14,7 +14,7 @@ REAL_REQS := integration/real/requirements.txt
 REQS      := integration/e2e/requirements.txt
 CARGO     ?= cargo
 
-.PHONY: help deps wasm-target build run test lint unit host-test e2e real-e2e real-models real-models-deps soak fuzz-smoke fuzz compare eval probes bench bench-gateway bench-floor clean oci
+.PHONY: help deps wasm-target build run test lint unit host-test e2e real-e2e real-models real-models-deps soak fuzz-smoke fuzz compare eval probes bench bench-gateway bench-cpu-split bench-floor clean oci
 
 help:
 	@echo "make run    build the plugin and simulator, start them behind Envoy on 127.0.0.1:10000"
@@ -29,6 +29,7 @@ help:
 	@echo "make eval   quality benchmark with theory and controls (EVAL_ARGS='--items 2000' for the full size)"
 	@echo "make probes check the auto router's probe table against a running gateway (PROBES_URL=...)"
 	@echo "make bench  performance: router and core cost (native), the gateway's cost over plain Envoy"
+	@echo "make bench-cpu-split  where a request's Envoy CPU goes: the plugin's wasm, Envoy, the kernel (perf)"
 	@echo "make oci    the plugin as a reproducible Istio Wasm OCI image in $(OCI_DIR) (layout + oci-archive)"
 	@echo "make clean  remove build outputs and the Python venv"
 
@@ -184,6 +185,11 @@ bench: build bench-floor $(OHA)
 # Only the gateway-over-Envoy part of `make bench`.
 bench-gateway: build bench-floor $(OHA)
 	$(PYTHON) integration/bench/gateway.py $(BENCH_ARGS)
+
+# Where a request's Envoy CPU goes (the plugin's wasm, Envoy, the kernel), sampled with perf
+# on the plain route, the floor's dispatch and the plugin (about 2 minutes).
+bench-cpu-split: build bench-floor $(OHA)
+	$(PYTHON) integration/bench/cpu_split.py $(BENCH_ARGS)
 
 # The floor module the gateway bench measures Envoy's own cost of wasm with (a few seconds),
 # and its `aho` and `matchers` variants (the router's matchers alone, for V8's idle memory;
