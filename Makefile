@@ -192,14 +192,14 @@ bench-cpu-split: build bench-floor $(OHA)
 	$(PYTHON) integration/bench/cpu_split.py $(BENCH_ARGS)
 
 # The floor module the gateway bench measures Envoy's own cost of wasm with (a few seconds),
-# and its `aho` and `matchers` variants (the router's matchers alone, for V8's idle memory;
-# about a minute the first time). The plain floor is built last: its path is the bench's floor.
-FLOOR_BUILD = $(CARGO) build --release --target wasm32-wasip1 --manifest-path integration/bench/floor/Cargo.toml --target-dir target/floor
-FLOOR_OUT = target/floor/wasm32-wasip1/release/looper_floor.wasm
+# and its `aho` and `matchers` variants (Looper's matcher crates linked, for V8's idle memory;
+# about a minute the first time). A cdylib's file name has no hash of its features, so each
+# variant has its own target folder, where it stays fresh.
+FLOOR_BUILD = $(CARGO) build --release --target wasm32-wasip1 --manifest-path integration/bench/floor/Cargo.toml
 bench-floor: wasm-target
-	$(FLOOR_BUILD) --features aho && cp $(FLOOR_OUT) target/floor/looper_floor_aho.wasm
-	$(FLOOR_BUILD) --features matchers && cp $(FLOOR_OUT) target/floor/looper_floor_matchers.wasm
-	$(FLOOR_BUILD)
+	$(FLOOR_BUILD) --target-dir target/floor
+	$(FLOOR_BUILD) --target-dir target/floor-aho --features aho
+	$(FLOOR_BUILD) --target-dir target/floor-matchers --features matchers
 
 # The load generator, built from crates.io into the git-ignored venv (about 6 minutes the first time).
 $(OHA):

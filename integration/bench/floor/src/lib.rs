@@ -229,7 +229,9 @@ mod matchers {
             .build(&keywords)
             .ok()
             .and_then(|nfa| nfa.try_find(&input).ok().flatten());
-        dfa.is_some() || nfa.is_some() || regex_match(&text)
+        // Every matcher runs, none skipped by a short circuit.
+        let regex = regex_match(&text);
+        dfa.is_some() | nfa.is_some() | regex
     }
 
     #[cfg(feature = "matchers")]
